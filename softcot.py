@@ -1,0 +1,438 @@
+"""
+softcot.py: the continuous chain of thought. Noisy soft / fuzzy tokens, the batched KV-cached rollout with
+shadow-greedy stopping, and the teacher-forced re-scoring that gives each sequence's log-probability.
+
+Paper: Butt et al., "Soft Tokens, Hard Truths" (arXiv 2509.19170), Sec. 3 (Eq. 5, 6, 9, 10, 13), Sec. 4
+(the six inference settings), App. C (stopping and prefill). Works with any Hugging Face causal LM that takes
+`inputs_embeds` (tested on Llama and Qwen2, tied and untied embeddings).
+
+    import softcot
+    sigma = softcot.noise_sigma(model)                          # 0.33 * RMS(E), once, from the base model
+    ro = softcot.rollout(model, tok, prompts, mode="fuzzy", tau=1e-4, sigma=sigma,
+                         num_samples=32, max_cot_tokens=128, answer_temperature=1.0)
+    ro.answer_text                                              # what the reward sees: "\\boxed{42}"
+    lp = softcot.sequence_logprobs(model, ro)                   # (N, S) with grad; lp.sum(-1) is Eq. 13
+
+The three CoT modes (Sec. 4): at CoT step t the model's next-token distribution p_{t-1} = softmax(logits/tau)
+gives the next input
+    hard:         E[x_t],  x_t ~ p_{t-1}                        (tau = 1 in training, 0 = greedy)
+    soft / fuzzy: h~_t = p_{t-1} E + sigma * eps_t,  eps ~ N(0, I_d)  (Eq. 5-6; tau 0.5 soft, 1e-4 fuzzy;
+                                                                  sigma = 0 is the "greedy" setting)
+The rollout stores what the model was fed (token ids, or h~ for soft steps) and never anything V-sized per
+step: p is recomputed, with gradient, in one teacher-forced forward by `sequence_logprobs` (DESIGN.md).
+
+Decisions where the paper is silent (PAPER.md §6), each also stated where it is implemented:
+- sigma = gamma * sqrt(mean_ij E_ij^2): the per-coordinate RMS of the base embedding matrix (§6.1).
+- The trigger matches the decoded CoT text with `rstrip().endswith("The final answer is:")` (§6.6); soft and
+  fuzzy CoTs use the greedy shadow text (argmax of the logits, never fed), hard CoTs their sampled text.
+- An EOS token (hard) or shadow EOS (soft / fuzzy) inside the CoT ends the CoT like the cap does (§6.9): the
+  step stays in the CoT (it was the policy's action and its log-probability counts, so RL can learn not to
+  stop early) and the answer is prefilled with `The final answer is: \\boxed{`. Ignoring it instead would
+  feed the model text after its own end-of-turn.
+- Prefills carry a leading space (" \\boxed{", " The final answer is: \\boxed{"): after the trigger's colon
+  the text then reads as the model's own format does, and BPE vocabularies encode the word-initial tokens
+  a model has seen there. The reward sees the prefill plus the generated answer (§6.7).
+- The answer's EOS is a sampled action: it is kept in the answer and its log-probability counts (§6.5 only
+  excludes the prefill, which is not sampled).
+- Every random number is drawn for all N rows at every step (one uniform and one d-vector per row), so a
+  row's draws depend only on (seed, row, step): rows that finish and leave the batch change nothing for the
+  others. Hard tokens are drawn by inverse CDF from that one uniform.
+"""
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+TRIGGER = "The final answer is:"                   # App. C stop string
+PREFILL_STOPPED = " \\boxed{"                        # App. C: after the trigger
+PREFILL_CAPPED = " The final answer is: \\boxed{"    # App. C: after the CoT cap (or an EOS, see above)
+MODES = ("hard", "soft", "fuzzy")
+TRAIN_TAU = {"hard": 1.0, "soft": 0.5, "fuzzy": 1e-4}   # CoT temperature in training (Sec. 4)
+GAMMA = 0.33                                             # sigma = GAMMA * RMS(E) (Sec. 4, App. F.1)
+
+# The six inference settings of Sec. 4 (PAPER.md §2.4): name -> (mode, CoT tau, noise on). Answers are
+# always greedy at test time; "sample" settings are the training variants.
+SETTINGS = {
+    "hard_greedy": ("hard", 0.0, False), "hard_sample": ("hard", 1.0, False),
+    "soft_greedy": ("soft", 0.5, False), "soft_sample": ("soft", 0.5, True),
+    "fuzzy_greedy": ("fuzzy", 1e-4, False), "fuzzy_sample": ("fuzzy", 1e-4, True),
+}
+
+# What each generated position holds (Rollout.kind).
+PAD, COT, PREFILL, ANSWER = 0, 1, 2, 3
+
+
+def unwrap(model):
+    """The Hugging Face model inside a DDP / compile wrapper (rollouts call it directly, outside DDP)."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+@torch.no_grad()
+def noise_sigma(model, gamma=GAMMA):
+    """sigma = gamma * sqrt(mean(E**2)) over all V x d entries of the input embedding matrix (PAPER.md §6.1).
+
+    The per-coordinate RMS makes ||sigma * eps|| ~ gamma * sqrt(d) * RMS ~ gamma x a typical embedding norm:
+    "noise comparable but a bit smaller than the embeddings". Compute it once, from the base model, and keep
+    it fixed (train.py stores it in the trainer state). Summed in fp32 chunks: no fp32 copy of E.
+    """
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    E = unwrap(model).get_input_embeddings().weight
+    sq = sum(chunk.float().pow(2).sum() for chunk in E.split(8192))
+    return gamma * (sq / E.numel()).sqrt().item()
+
+
+def _fp32(x):
+    """Upcast half precision to fp32 for softmaxes and densities; fp64 (the gradient-check tests) stays fp64."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def gaussian_logprob(h, mean, sigma):
+    """Eq. 10: log N(h; mean, sigma^2 I_d) = -||h - mean||^2 / (2 sigma^2) - (d/2) log(2 pi sigma^2).
+
+    h, mean (..., d) -> (...). The constant -(d/2) log(2 pi sigma^2) is dropped: sigma is fixed, so it has no
+    gradient, and the number of CoT steps it multiplies is sampled data, not a function of theta.
+    """
+    return -(_fp32(h) - _fp32(mean)).pow(2).sum(-1) / (2 * sigma**2)
+
+
+def mixture(logits, E, tau, top_k=None):
+    """Eq. 5: the soft token h0 = p E with p = softmax(logits / tau), over the full vocabulary.
+
+    logits (..., V), E (V, d) -> (..., d) fp32. The softmax is fp32 (at tau = 1e-4 a bf16 softmax is
+    meaningless); the matmul runs in E's dtype with fp32 accumulation. tau = 0 is the argmax's embedding
+    ("softmax extended by continuity", Sec. 3). `top_k` keeps the k largest logits before the softmax:
+    an ablation (Soft Thinking's mixture), not the paper's method.
+    Gradient flows into the logits (through p) and into E.
+    """
+    logits = _fp32(logits)
+    if top_k is not None:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if tau == 0:
+        return _fp32(E[logits.argmax(-1)])
+    p = torch.softmax(logits / tau, dim=-1)              # (..., V) fp32
+    return _fp32(p.to(E.dtype) @ E)                      # (..., d)
+
+
+def sample_tokens(logits, temperature, u):
+    """Categorical sample at `temperature` by inverse CDF: logits (n, V), u (n,) uniforms in (0, 1].
+
+    One uniform per row keeps each row's randomness its own (see the module docstring). temperature 0 is
+    the argmax. A token of probability 0 can never be picked: its CDF step has zero width.
+    """
+    if temperature == 0:
+        return logits.argmax(-1)
+    cdf = torch.softmax(logits.float() / temperature, dim=-1).cumsum(-1)    # (n, V)
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
+    return idx.clamp_(max=logits.shape[-1] - 1)
+
+
+def entropy(logits):
+    """Entropy (nats) of softmax(logits) at temperature 1, per row: the model's own next-token uncertainty."""
+    logits = logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+@dataclass
+class Rollout:
+    """A batch of N = B x G finished sequences, rows ordered prompt-major (row b*G + g is sample g of prompt b).
+
+    Each row is [prompt (left-padded to P) ; generated part (right-padded to S)], and the generated part is
+    [CoT (cot_len) ; prefill ; answer (answer_len)]. CoT position j is generated position j in every row.
+    """
+    prompt_ids: torch.Tensor       # (N, P) long, left-padded
+    prompt_mask: torch.Tensor      # (N, P) long, 1 = real token
+    ids: torch.Tensor              # (N, S) long: token fed at each generated position; at soft/fuzzy CoT
+                                   #   positions the greedy shadow token (never fed, used for text and stop)
+    kind: torch.Tensor             # (N, S) int8: PAD / COT / PREFILL / ANSWER
+    cot_embeds: torch.Tensor | None  # (N, Tc, d): the fed h~ at soft/fuzzy CoT positions (Eq. 6); None if hard
+    logp: torch.Tensor             # (N, S) fp32: the rollout's log-prob of each step under its own sampling
+                                   #   distribution (Eq. 10 for soft CoT steps, categorical otherwise; 0 at
+                                   #   prefill, pad and greedy steps). Re-scoring must reproduce it.
+    entropy: torch.Tensor          # (N, Tc) fp32: entropy of softmax(logits) at each CoT step (App. G.3)
+    noise_ratio: torch.Tensor      # (N, Tc) fp32: ||h~ - p E|| / ||p E|| at soft CoT steps (0 if hard)
+    cot_len: torch.Tensor          # (N,) long
+    answer_len: torch.Tensor       # (N,) long, including a sampled EOS
+    stop_reason: list              # "trigger" | "eos" | "cap"
+    cot_text: list                 # decoded CoT (shadow text for soft / fuzzy)
+    answer_text: list              # prefill + decoded answer: what the reward sees
+    mode: str
+    tau: float
+    sigma: float
+    answer_temperature: float
+    top_k: int | None
+    group_size: int
+
+    def select(self, rows):
+        """The sub-batch of these rows (a micro-batch), with columns that are padding in all of them trimmed."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                v = v[rows.to(v.device)]
+            elif isinstance(v, list):
+                v = [v[i] for i in rows.tolist()]
+            out[f.name] = v
+        keep_p = out["prompt_mask"].any(0).nonzero()
+        first = keep_p[0].item() if len(keep_p) else out["prompt_mask"].shape[1]
+        S = int((out["kind"] != PAD).sum(1).max().item()) if len(rows) else 0
+        Tc = int(out["cot_len"].max().item()) if len(rows) else 0
+        out["prompt_ids"], out["prompt_mask"] = out["prompt_ids"][:, first:], out["prompt_mask"][:, first:]
+        out["ids"], out["kind"], out["logp"] = out["ids"][:, :S], out["kind"][:, :S], out["logp"][:, :S]
+        for k in ("entropy", "noise_ratio", "cot_embeds"):
+            if out[k] is not None:
+                out[k] = out[k][:, :Tc]
+        return Rollout(**out)
+
+
+def _eos_ids(model, tokenizer):
+    ids = set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for e in (gen_eos, tokenizer.eos_token_id):
+        if e is not None:
+            ids.update([e] if isinstance(e, int) else e)
+    return ids
+
+
+def _check_args(model, tokenizer, prompts, mode, tau, sigma, num_samples, max_cot_tokens,
+                max_answer_tokens, answer_temperature, top_k):
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    if isinstance(prompts, str) or len(prompts) == 0:
+        raise ValueError("prompts must be a non-empty list of strings (got "
+                         f"{'a single string' if isinstance(prompts, str) else 'an empty batch'})")
+    if tau < 0 or sigma < 0 or answer_temperature < 0:
+        raise ValueError(f"tau, sigma and answer_temperature must be >= 0 (got tau={tau}, sigma={sigma}, "
+                         f"answer_temperature={answer_temperature}); 0 means greedy / no noise")
+    if mode == "hard" and sigma != 0:
+        raise ValueError("sigma is the soft/fuzzy input noise; hard mode explores by sampling at tau: pass sigma=0")
+    if num_samples < 1 or max_cot_tokens < 1 or max_answer_tokens < 1:
+        raise ValueError("num_samples, max_cot_tokens and max_answer_tokens must be >= 1")
+    if top_k is not None and (mode == "hard" or top_k < 1):
+        raise ValueError("top_k (the top-k mixture ablation) must be a positive int, and only applies to soft/fuzzy")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token: set tokenizer.pad_token = tokenizer.eos_token "
+                         "(pads are masked out, so any token id works)")
+
+
+@torch.no_grad()
+def rollout(model, tokenizer, prompts, *, mode, tau, sigma=0.0, num_samples=1, max_cot_tokens=128,
+            max_answer_tokens=32, answer_temperature=0.0, top_k=None, generator=None,
+            trigger=TRIGGER, prefill_stopped=PREFILL_STOPPED, prefill_capped=PREFILL_CAPPED):
+    """Generate CoT + answer for every prompt, `num_samples` times each, in one batch with a KV cache.
+
+    mode: "hard" | "soft" | "fuzzy". tau: the CoT temperature (hard: sampling temperature, 0 = greedy;
+    soft/fuzzy: the mixture temperature of Eq. 5). sigma: the soft/fuzzy input noise of Eq. 6 (0 = greedy).
+    The CoT ends at the trigger, an EOS, or max_cot_tokens (App. C: 128 GSM8K training, 512 otherwise);
+    then the prefill, then up to max_answer_tokens hard answer tokens at answer_temperature (1.0 in
+    training, 0 = greedy in evaluation), ending at EOS. Pass a seeded `torch.Generator` on the model's
+    device for a reproducible sample. Returns a `Rollout`.
+    """
+    _check_args(model, tokenizer, prompts, mode, tau, sigma, num_samples, max_cot_tokens,
+                max_answer_tokens, answer_temperature, top_k)
+    model = unwrap(model)
+    device = model.device
+    E = model.get_input_embeddings().weight                                   # (V, d)
+    V, d = E.shape
+    G = num_samples
+    soft = mode != "hard"
+    eos = _eos_ids(model, tokenizer)
+    eos_t = torch.tensor(sorted(eos), device=device)
+    if generator is None:   # seeded from torch's global RNG, so torch.manual_seed makes runs repeatable
+        generator = torch.Generator(device).manual_seed(int(torch.randint(2**62, ())))
+
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
+    prompt_ids, prompt_mask = enc.input_ids.to(device), enc.attention_mask.to(device)  # (B, P)
+    B, P = prompt_ids.shape
+    prefills = [tokenizer(t, add_special_tokens=False).input_ids for t in (prefill_stopped, prefill_capped)]
+    max_steps = max_cot_tokens + max(map(len, prefills)) + max_answer_tokens          # S, at most
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and int(prompt_mask.sum(1).max()) + max_steps > limit:
+        raise ValueError(f"the longest prompt ({int(prompt_mask.sum(1).max())} tokens) plus the CoT cap, "
+                         f"prefill and answer ({max_steps} tokens) exceeds the model's context ({limit}): "
+                         "shorten the prompt or lower max_cot_tokens / max_answer_tokens")
+
+    # Prefill each distinct prompt once, then copy its KV cache for its G samples (rows b*G .. b*G+G-1).
+    pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)                            # explicit positions: left pads
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=pos,
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    logits = out.logits[:, -1].float().repeat_interleave(G, 0)                 # (N, V)
+    if G > 1:
+        cache.batch_repeat_interleave(G)
+    prompt_ids, prompt_mask = prompt_ids.repeat_interleave(G, 0), prompt_mask.repeat_interleave(G, 0)
+    N = B * G
+    attn = prompt_mask.clone()                                                 # (n, P + s): grows each step
+    next_pos = pos[:, -1].repeat_interleave(G, 0) + 1                          # (n,)
+
+    # Per-row results, filled as the rows advance (index = original row).
+    ids = torch.zeros(N, max_steps, dtype=torch.long, device=device)
+    kind = torch.zeros(N, max_steps, dtype=torch.int8, device=device)
+    logp = torch.zeros(N, max_steps, device=device)
+    cot_embeds = torch.zeros(N, max_cot_tokens, d, dtype=E.dtype, device=device) if soft else None
+    ent = torch.zeros(N, max_cot_tokens, device=device)
+    ratio = torch.zeros(N, max_cot_tokens, device=device)
+    cot_len = torch.zeros(N, dtype=torch.long, device=device)
+    answer_len = torch.zeros(N, dtype=torch.long, device=device)
+    in_cot = torch.ones(N, dtype=torch.bool, device=device)
+    prefill = torch.full((N, max(map(len, prefills))), -1, dtype=torch.long, device=device)  # this row's prefill
+    prefill_len = torch.zeros(N, dtype=torch.long, device=device)
+    stop_reason = ["cap"] * N
+    active = torch.arange(N, device=device)                                    # rows still generating
+
+    for s in range(max_steps):
+        # Randomness for all N rows at every step, used by the active ones (rows stay independent).
+        u = 1.0 - torch.rand(N, generator=generator, device=device)           # (N,) in (0, 1]
+        eps = torch.randn(N, d, generator=generator, device=device)[active] if soft else None
+        u = u[active]
+        n = len(active)
+        tok = torch.zeros(n, dtype=torch.long, device=device)
+        cot = in_cot[active]                                                   # (n,) phase masks
+        k = s - cot_len[active]                                                # step within prefill + answer
+        pre = ~cot & (k < prefill_len[active])
+        ans = ~cot & ~pre
+
+        if cot.any():                                                          # ---- CoT step
+            lc, rows = logits[cot], active[cot]                                # (c, V)
+            ent[rows, s] = entropy(lc)
+            if soft:
+                shadow = lc.argmax(-1)                                         # App. C greedy shadow
+                mean = mixture(lc, E, tau, top_k).float()                      # Eq. 5: p_{t-1} E, (c, d)
+                h = (mean + sigma * eps[cot]).to(E.dtype)                      # Eq. 6: h~ = p E + sigma eps
+                if sigma > 0:
+                    logp[rows, s] = gaussian_logprob(h, mean, sigma).float()   # Eq. 10
+                ratio[rows, s] = (h.float() - mean).norm(dim=-1) / mean.norm(dim=-1).clamp(min=1e-12)
+                cot_embeds[rows, s] = h
+                tok[cot] = shadow
+            else:
+                x = sample_tokens(lc, tau, u[cot])                             # Eq. 4
+                if tau > 0:
+                    logp[rows, s] = torch.log_softmax(lc / tau, -1).gather(-1, x[:, None])[:, 0]
+                tok[cot] = x
+            ids[rows, s], kind[rows, s] = tok[cot], COT
+        if pre.any():                                                          # ---- prefill (not scored)
+            rows = active[pre]
+            tok[pre] = prefill[rows, k[pre]]
+            ids[rows, s], kind[rows, s] = tok[pre], PREFILL
+        if ans.any():                                                          # ---- hard answer tokens
+            la, rows = logits[ans], active[ans]
+            y = sample_tokens(la, answer_temperature, u[ans])
+            if answer_temperature > 0:
+                logp[rows, s] = torch.log_softmax(la / answer_temperature, -1).gather(-1, y[:, None])[:, 0]
+            tok[ans] = y
+            ids[rows, s], kind[rows, s] = y, ANSWER
+            answer_len[rows] += 1
+
+        # ---- update each row's phase after this step's input
+        done = torch.zeros(n, dtype=torch.bool, device=device)
+        if cot.any():
+            rows = active[cot]
+            hit_eos = torch.isin(tok[cot], eos_t)
+            tails = ids[rows, max(0, s + 1 - len(trigger) - 2): s + 1]     # enough tokens to hold the trigger
+            hit_trig = torch.tensor([t.rstrip().endswith(trigger) for t in tokenizer.batch_decode(tails)],
+                                    dtype=torch.bool, device=device)
+            stop = hit_trig | hit_eos | torch.tensor(s + 1 >= max_cot_tokens, device=device)
+            for r, trig, e in zip(rows[stop].tolist(), hit_trig[stop].tolist(), hit_eos[stop].tolist()):
+                stop_reason[r] = "trigger" if trig else ("eos" if e else "cap")
+                p = prefills[0] if trig else prefills[1]
+                prefill[r, :len(p)] = torch.tensor(p, device=device)
+                prefill_len[r] = len(p)
+            in_cot[rows[stop]] = False
+            cot_len[rows] += 1
+        if ans.any():
+            done[ans] = torch.isin(tok[ans], eos_t) | (answer_len[active[ans]] >= max_answer_tokens)
+        if done.all():
+            break
+
+        # ---- the inputs: E[token], or h~ at soft CoT steps; finished rows leave the batch and the KV cache
+        emb = E[tok]                                                           # (n, d)
+        if soft and cot.any():
+            emb[cot] = h
+        if done.any():
+            keep = (~done).nonzero()[:, 0]
+            cache.batch_select_indices(keep)
+            active, emb, attn, next_pos = active[keep], emb[keep], attn[keep], next_pos[keep]
+        inp = emb[:, None, :]                                                  # (n, 1, d)
+        attn = torch.cat([attn, attn.new_ones(len(active), 1)], dim=1)
+        out = model(inputs_embeds=inp, attention_mask=attn, position_ids=next_pos[:, None],
+                    past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1].float()                                     # (n, V)
+        next_pos = next_pos + 1
+
+    S = int((kind != PAD).sum(1).max())
+    Tc = int(cot_len.max())
+    cot_text = tokenizer.batch_decode([ids[r, :cot_len[r]] for r in range(N)], skip_special_tokens=True)
+    ans_start = cot_len + prefill_len
+    answer_text = [pt + t for pt, t in zip(
+        [(prefill_stopped if sr == "trigger" else prefill_capped) for sr in stop_reason],
+        tokenizer.batch_decode([ids[r, ans_start[r]: ans_start[r] + answer_len[r]] for r in range(N)],
+                               skip_special_tokens=True))]
+    return Rollout(
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask, ids=ids[:, :S], kind=kind[:, :S],
+        cot_embeds=cot_embeds[:, :Tc] if soft else None, logp=logp[:, :S], entropy=ent[:, :Tc],
+        noise_ratio=ratio[:, :Tc], cot_len=cot_len, answer_len=answer_len, stop_reason=stop_reason,
+        cot_text=cot_text, answer_text=answer_text, mode=mode, tau=tau, sigma=sigma,
+        answer_temperature=answer_temperature, top_k=top_k, group_size=G)
+
+
+def sequence_logprobs(model, ro):
+    """Eq. 9, 10, 13: the log-probability of each rollout step under the current model, with gradient.
+
+    One teacher-forced forward over [prompt embeddings ; stored CoT inputs ; prefill and answer embeddings]
+    (no backprop through time: each step's density needs only the logits before it). Returns (N, S) fp32;
+    `.sum(-1)` is the sequence log-probability l of Eq. 13. Per generated position:
+    - soft / fuzzy CoT step: log N(h~_t; p_{t-1} E, sigma^2 I) = -||h~_t - p_{t-1} E||^2 / (2 sigma^2)  (Eq. 10)
+      with p recomputed here from the logits. Gradient flows through p (the transformer, via the
+      tau-softmax) and through E; h~ is a stored constant (pi^sg in Eq. 8). The residual is recomputed from
+      this pass's mean, never taken from the rollout's eps (cached and full forwards round differently).
+      At tau = 1e-4 the softmax Jacobian (diag p - p p^T) / tau is ~0 unless the top logits nearly tie, so
+      in fuzzy mode this term trains almost only E (which is also W_d when embeddings are tied).
+    - hard CoT step and sampled answer token: the categorical log-probability at the temperature it was
+      sampled at.
+    - prefill and padding: 0 (the prefill is not a sampled action; it is an input here all the same).
+    The constant of Eq. 10 is dropped (see `gaussian_logprob`): the gradient of Eq. 14 is unchanged, but l
+    is then no normalised density; its value, like the loss value, is no progress signal.
+    `model` may be DDP-wrapped: the forward goes through the wrapper so that gradients are synchronised.
+    """
+    soft = ro.mode != "hard"
+    if (soft and ro.sigma == 0) or (not soft and ro.tau == 0):
+        raise ValueError("a greedy CoT (sigma = 0 soft/fuzzy, or tau = 0 hard) has no log-probability: "
+                         "re-score sampled rollouts only")
+    if ro.answer_temperature == 0 and bool((ro.kind == ANSWER).any()):
+        raise ValueError("greedy answers have no log-probability: sample answers (answer_temperature > 0) "
+                         "in rollouts meant for training")
+    E = unwrap(model).get_input_embeddings().weight                            # (V, d)
+    N, S = ro.ids.shape
+    P = ro.prompt_ids.shape[1]
+    is_cot, is_ans = ro.kind == COT, ro.kind == ANSWER                         # (N, S)
+    x = E[ro.ids]                                                              # (N, S, d)
+    if soft:   # the fed h~ replaces the (shadow) token at CoT positions
+        h = F.pad(ro.cot_embeds, (0, 0, 0, S - ro.cot_embeds.shape[1]))        # (N, S, d), constant
+        x = torch.where(is_cot[..., None], h.to(E.dtype), x)
+    x = torch.cat([E[ro.prompt_ids], x], dim=1)                                # (N, P + S, d)
+    mask = torch.cat([ro.prompt_mask, (ro.kind != PAD).long()], dim=1)        # (N, P + S)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    # logits at absolute positions P-1 .. P+S-2 predict generated positions 0 .. S-1
+    logits = model(inputs_embeds=x, attention_mask=mask, position_ids=pos, logits_to_keep=S + 1).logits[:, :-1]
+
+    lp = torch.zeros(N, S, dtype=_fp32(logits[:0]).dtype, device=x.device)
+    if is_ans.any():
+        la = _fp32(logits[is_ans]) / ro.answer_temperature                   # (n_ans, V)
+        lp = lp.index_put((is_ans,), la.gather(-1, ro.ids[is_ans][:, None])[:, 0] - la.logsumexp(-1))
+    if is_cot.any():
+        lc = _fp32(logits[is_cot])                                             # (n_cot, V)
+        if soft:
+            mean = mixture(lc, E, ro.tau, ro.top_k)                            # Eq. 5, (n_cot, d)
+            h_cot = ro.cot_embeds[is_cot[:, :ro.cot_embeds.shape[1]]]          # (n_cot, d), constant
+            lp = lp.index_put((is_cot,), gaussian_logprob(h_cot, mean, ro.sigma))   # Eq. 10
+        else:
+            lc = lc / ro.tau
+            lp = lp.index_put((is_cot,), lc.gather(-1, ro.ids[is_cot][:, None])[:, 0] - lc.logsumexp(-1))
+    return lp                                                                  # Eq. 9/13: lp.sum(-1)

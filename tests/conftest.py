@@ -1,0 +1,61 @@
+"""Shared fixtures: a small BPE tokenizer trained here, and tiny random Llama / Qwen2 models built from configs.
+
+Nothing is downloaded. The tokenizer is byte-level BPE (like Llama 3 and Qwen), trained in a few ms on text in
+the paper's format, so `The final answer is:` spans several tokens whose boundaries depend on context.
+"""
+import os
+import sys
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+torch.set_num_threads(1)   # tests are tiny; one thread avoids oversubscription when run in parallel
+
+CORPUS = [
+    "Natalia sold 48 clips in April and half as many in May. How many clips did she sell?",
+    "She sold 48 / 2 = 24 clips in May, so 48 + 24 = 72 in all. The final answer is: \\boxed{72}",
+    "A conversation between User and Assistant. User: what is 3 + 4? Assistant: 3 + 4 = 7.",
+    "The final answer is: \\boxed{\\frac{1}{2}}. The final answer is 5. final answers are boxed.",
+] * 20
+
+
+def make_tokenizer(vocab_size=300):
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<bos>", "<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return make_tokenizer()
+
+
+def make_model(family, tokenizer, tied=True, seed=0, max_positions=512):
+    torch.manual_seed(seed)
+    kw = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+              tie_word_embeddings=tied, initializer_range=0.2, pad_token_id=tokenizer.pad_token_id,
+              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[family]
+    # initializer_range 0.2 (not 0.02): peaked but varied next-token distributions (entropy ~3-4 nats), so
+    # greedy and sampled paths differ. A random EOS output row of norm ~4 makes EOS the argmax now and then,
+    # so rows of one batch end at different times and leave it mid-rollout.
+    model = cls[1](cls[0](**kw)).eval()
+    with torch.no_grad():
+        w = model.get_output_embeddings().weight
+        w[tokenizer.eos_token_id] = 4.0 * torch.randn(w.shape[1]) / w.shape[1] ** 0.5
+    return model
+
+
+@pytest.fixture(scope="session", params=[("llama", True), ("llama", False), ("qwen2", True), ("qwen2", False)],
+                ids=["llama-tied", "llama-untied", "qwen2-tied", "qwen2-untied"])
+def model(request, tokenizer):
+    family, tied = request.param
+    return make_model(family, tokenizer, tied=tied)
