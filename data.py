@@ -1,0 +1,394 @@
+"""The prompt (App. B, verbatim) and the datasets (Sec. 4), as lists of plain dicts.
+
+Every loader returns `list[dict]`. Math rows: {"question", "answer", ...} where `answer` is the
+GOLD final answer, ready for rewards.score (GSM8K: the number after `####`; MATH-style: the
+dataset's answer field, or the content of the last `\\boxed{}` of its solution), plus the raw
+`solution` where the dataset has one (the toy world's supervised run and readers use it).
+Multiple-choice rows (out of domain, Table 2): {"question", "choices": list[str], "label": int,
+"answer": choices[label]}.
+
+    name           hub copy (config; split)                          paper / why this copy
+    gsm8k          openai/gsm8k (main; train, test)                  Sec. 4, GSM8K train/test
+    math           EleutherAI/hendrycks_math (7 subject configs      Sec. 4 "MATH": the standard
+                   concatenated; train, test)                        7.5k train split; the original
+                   hendrycks/competition_math was taken down, this is the maintained mirror that
+                   lm-evaluation-harness uses, with the original schema (problem, level, type,
+                   solution); the gold is the last \\boxed{} of the solution
+    deepscaler     agentica-org/DeepScaleR-Preview-Dataset (train)   Sec. 4, ~40k problems
+    math500        HuggingFaceH4/MATH-500 (test)                     Sec. 4 test set
+    olympiadbench  Hothan/OlympiadBench (OE_TO_maths_en_COMP; its    Sec. 4: "675 math questions
+                   only split, "train", served here as "test")       with final answers and no
+                   images". The config name is the filter: Open-Ended (has a final answer), Text-
+                   Only, maths, English, COMPetition. Rows are filtered again on their own fields
+                   (so a local file holding the whole benchmark works too). Assumed schema, from
+                   public loaders of this copy: question, final_answer (a list of strings with
+                   `$...$`), solution (list), context, image_1..image_5, language ("English"),
+                   subject ("Math"), modality ("Text-only"), question_type ("Open-ended"), id,
+                   unit, is_multiple_answer. A third-party check reports 674 rows at one pinned
+                   revision of this copy, one short of the paper's 675 (the paper follows
+                   Qwen2.5-Math's 675-row file); the loader reports what it finds.
+    hellaswag      Rowan/hellaswag (train, validation)               Table 2; the test split's
+                   labels are hidden
+    arc            allenai/ai2_arc (ARC-Challenge; train, validation, test)  Table 2 "ARC/AI2
+                   Reasoning Challenge"; arc_easy: the ARC-Easy config
+    mmlu           cais/mmlu (all; test, validation, dev)            Table 2
+
+Offline use: every loader takes `path=` to a local .json (a list of rows, or JSON Lines as
+`Dataset.to_json` writes), .jsonl or .parquet file laid out in that hub copy's schema (for
+`math`, the 7 subjects in one file). JSON is read with the standard library; `datasets` is
+imported only for hub loads (the GPU machines do not have it), pyarrow only for parquet.
+
+Rows without a usable answer (missing field, no `####`, no boxed answer, empty) are never
+silently dropped: a warning names the dataset and their count, they are excluded, and a file in
+which no row is usable raises.
+
+Usage:
+    from data import PROMPT, format_prompt, load, split_train_val
+    rows = load("gsm8k", "train")                      # or load("gsm8k", "train", path="gsm8k.jsonl")
+    train, val = split_train_val(rows, n_val=500)      # a fixed held-out slice for model selection
+    prompt = format_prompt(train[0]["question"])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+# --------------------------------------------------------------------------------------------
+# The prompt (App. B), verbatim
+# --------------------------------------------------------------------------------------------
+
+# Copied character for character from the paper's App. B (PAPER.md §2.2), including its curly
+# quotes ‘ ’ (U+2018, U+2019) and no space after "Assistant:". App. B prints it as one line;
+# the App. I example shows a line break before "User: <question>", which may be only the
+# typesetting. We keep App. B's single line (one space before "User:"); pass another `template`
+# to format_prompt to try the line break.
+PROMPT = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant "
+    "solves it. The assistant first shows the complete reasoning process step by step, then "
+    "provides the final answer in \\boxed{}. The assistant must always follow the format: "
+    "‘User: [question] Assistant: [detailed reasoning] The final answer is: \\boxed{[answer]}.’ "
+    "User: QUESTION Assistant:"
+)
+PLACEHOLDER = "QUESTION"  # the paper's own placeholder; str.format would trip on \boxed{}
+
+
+def format_prompt(question: str, template: str = PROMPT) -> str:
+    """The template with its single QUESTION placeholder replaced by `question`."""
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"question must be a non-empty str, got {question!r}")
+    if template.count(PLACEHOLDER) != 1:
+        raise ValueError(
+            f"the prompt template must contain the placeholder {PLACEHOLDER!r} exactly once, "
+            f"found it {template.count(PLACEHOLDER)} times"
+        )
+    return template.replace(PLACEHOLDER, question)
+
+
+# --------------------------------------------------------------------------------------------
+# Gold answers
+# --------------------------------------------------------------------------------------------
+
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` (or `\\fbox{...}`, which a few MATH solutions use)
+    in a solution, braces nested, `\\{ \\}` literal; None if absent or unclosed. (rewards.py has
+    the answer-side twin, `\\boxed` only; this module imports nothing of ours.)"""
+    starts = [m.end() for m in _BOX.finditer(text)]
+    if not starts:
+        return None
+    i = begin = starts[-1]
+    depth = 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[begin:i]
+        i += 1
+    return None
+
+
+class _BadRow(Exception):
+    """A row of the benchmark that has no usable question or answer (counted and reported)."""
+
+
+def _text(row: dict, key: str) -> str:
+    value = row.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise _BadRow(f"no {key!r}")
+    return value.strip()
+
+
+def _boxed_gold(solution: str) -> str:
+    gold = last_boxed(solution)
+    if gold is None or not gold.strip():
+        raise _BadRow("solution has no \\boxed{} answer")
+    return gold.strip()
+
+
+# --------------------------------------------------------------------------------------------
+# One row of each hub schema -> our dict (raise _BadRow if unusable; None = not in this subset)
+# --------------------------------------------------------------------------------------------
+
+
+def _gsm8k(row: dict) -> dict:
+    field = _text(row, "answer")
+    if "####" not in field:
+        raise _BadRow("answer has no '####'")
+    gold = field.rsplit("####", 1)[1].strip().replace(",", "")  # "1,000" -> "1000"; "-3" kept
+    if not gold:
+        raise _BadRow("nothing after '####'")
+    return {"question": _text(row, "question"), "answer": gold, "solution": field}
+
+
+def _math(row: dict) -> dict:
+    solution = _text(row, "solution")
+    return {"question": _text(row, "problem"), "answer": _boxed_gold(solution),
+            "solution": solution, "level": row.get("level"), "type": row.get("type")}
+
+
+def _with_answer_field(row: dict) -> dict:
+    """DeepScaleR, MATH-500: the `answer` field, else the solution's last box."""
+    solution = row.get("solution") if isinstance(row.get("solution"), str) else ""
+    answer = row.get("answer")
+    gold = answer.strip() if isinstance(answer, str) and answer.strip() else _boxed_gold(solution)
+    out = {"question": _text(row, "problem"), "answer": gold, "solution": solution}
+    for key in ("subject", "level", "unique_id"):  # MATH-500's metadata
+        if key in row:
+            out[key] = row[key]
+    return out
+
+
+def _olympiadbench(row: dict) -> dict | None:
+    def field_is(key: str, prefix: str) -> bool:  # absent fields do not exclude a row
+        value = row.get(key)
+        return value is None or str(value).strip().lower().startswith(prefix)
+
+    question = row.get("question") or ""
+    has_image = any(row.get(f"image_{k}") for k in range(1, 6)) or "<image_" in question
+    if not (field_is("language", "en") and field_is("subject", "math")
+            and field_is("modality", "text") and field_is("question_type", "open")) or has_image:
+        return None  # outside the 675: Chinese, physics, multimodal or theorem-proving
+    question = _text(row, "question")
+    if isinstance(row.get("context"), str) and row["context"].strip():
+        question = row["context"].strip() + "\n" + question  # a shared preamble, where present
+    answers = row.get("final_answer")
+    answers = [answers] if isinstance(answers, str) else answers or []
+    answers = [a.strip().strip("$").strip() for a in answers if isinstance(a, str)]
+    answers = [a for a in answers if a]
+    if not answers:
+        raise _BadRow("no final_answer")
+    solution = row.get("solution")
+    solution = "\n".join(solution) if isinstance(solution, list) else solution or ""
+    # Several answers are joined with ", ", which Math-Verify reads as a set.
+    return {"question": question, "answer": ", ".join(answers), "solution": solution,
+            "id": row.get("id"), "unit": row.get("unit")}
+
+
+def _multiple_choice(question: str, choices: list, label: int, **extra) -> dict:
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+        raise _BadRow("choices must be a list of at least two strings")
+    if not 0 <= label < len(choices):
+        raise _BadRow(f"label {label} out of range for {len(choices)} choices")
+    return {"question": question, "choices": choices, "label": label, "answer": choices[label], **extra}
+
+
+def _hellaswag_clean(text: str) -> str:
+    # WikiHow contexts carry markup such as " [title]" and "[step]"; drop it.
+    text = text.replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _hellaswag(row: dict) -> dict:
+    label = row.get("label")
+    if label is None or str(label).strip() == "":
+        raise _BadRow("no label (HellaSwag's test labels are hidden: use validation)")
+    if row.get("ctx_a") is not None:
+        context = row["ctx_a"] + " " + (row.get("ctx_b") or "").capitalize()
+    else:
+        context = _text(row, "ctx")
+    activity = row.get("activity_label") or ""
+    question = _hellaswag_clean(f"{activity}: {context}" if activity else context)
+    endings = [_hellaswag_clean(e) for e in row.get("endings") or [] if isinstance(e, str)]
+    return _multiple_choice(question, endings, int(label))
+
+
+def _arc(row: dict) -> dict:
+    choices = row.get("choices") or {}
+    texts, labels = choices.get("text"), choices.get("label")
+    if not isinstance(texts, list) or not isinstance(labels, list) or row.get("answerKey") not in labels:
+        raise _BadRow("answerKey is not one of choices.label")
+    return _multiple_choice(_text(row, "question"), texts, labels.index(row["answerKey"]), id=row.get("id"))
+
+
+def _mmlu(row: dict) -> dict:
+    answer = row.get("answer")
+    if isinstance(answer, str) and answer.strip() in ("A", "B", "C", "D"):
+        answer = "ABCD".index(answer.strip())
+    if isinstance(answer, str) and answer.strip().isdigit():
+        answer = int(answer)
+    if not isinstance(answer, int) or isinstance(answer, bool):
+        raise _BadRow("answer is not a choice index")
+    return _multiple_choice(_text(row, "question"), row.get("choices"), answer, subject=row.get("subject"))
+
+
+# --------------------------------------------------------------------------------------------
+# The registry and the dispatcher
+# --------------------------------------------------------------------------------------------
+
+MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra",
+                 "number_theory", "prealgebra", "precalculus")
+
+
+@dataclass(frozen=True)
+class Source:
+    repo: str  # the hub copy
+    configs: tuple  # hub configs, concatenated (None: the default config)
+    splits: dict  # our split name -> the hub's split name
+    row: Callable[[dict], dict | None]  # one hub row -> our dict
+
+
+def _same(*names: str) -> dict:
+    return {n: n for n in names}
+
+
+DATASETS = {
+    "gsm8k": Source("openai/gsm8k", ("main",), _same("train", "test"), _gsm8k),
+    "math": Source("EleutherAI/hendrycks_math", MATH_SUBJECTS, _same("train", "test"), _math),
+    "deepscaler": Source("agentica-org/DeepScaleR-Preview-Dataset", (None,), _same("train"), _with_answer_field),
+    "math500": Source("HuggingFaceH4/MATH-500", (None,), _same("test"), _with_answer_field),
+    "olympiadbench": Source("Hothan/OlympiadBench", ("OE_TO_maths_en_COMP",), {"test": "train"}, _olympiadbench),
+    "hellaswag": Source("Rowan/hellaswag", (None,), _same("train", "validation"), _hellaswag),
+    "arc": Source("allenai/ai2_arc", ("ARC-Challenge",), _same("train", "validation", "test"), _arc),
+    "arc_easy": Source("allenai/ai2_arc", ("ARC-Easy",), _same("train", "validation", "test"), _arc),
+    "mmlu": Source("cais/mmlu", ("all",), _same("test", "validation", "dev"), _mmlu),
+}
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows of a local .json (list, or JSON Lines), .jsonl or .parquet file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no such data file: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as e:
+            raise ValueError(f"reading {path} needs pyarrow (pip install pyarrow), or convert it to .jsonl") from e
+        rows = pq.read_table(path).to_pylist()
+    elif suffix in (".json", ".jsonl"):
+        text = path.read_text(encoding="utf-8")
+        if text.lstrip().startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = []
+            for n, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path}, line {n}: not JSON ({e})") from e
+    else:
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl or .parquet")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{path}: expected a list of JSON objects (one per row)")
+    return rows
+
+
+def _hub_rows(name: str, source: Source, split: str) -> list[dict]:
+    hint = (f"Pass path= to a local .jsonl/.json/.parquet file in the {source.repo} schema "
+            "(downloaded on a machine with hub access), or use the offline toy world "
+            "(python train.py --recipe tiny).")
+    try:
+        import datasets
+    except ImportError as e:
+        raise RuntimeError(f"loading {name!r} from the hub needs the `datasets` package. {hint}") from e
+    rows = []
+    for config in source.configs:
+        try:
+            rows += datasets.load_dataset(source.repo, config, split=source.splits[split]).to_list()
+        except Exception as e:  # offline, gated, renamed: all end here, with the way out
+            raise RuntimeError(
+                f"could not load {name!r} from the Hugging Face hub ({source.repo}, config "
+                f"{config}, split {source.splits[split]}): {type(e).__name__}: {e}. {hint}"
+            ) from e
+    return rows
+
+
+def load(name: str, split: str, path: str | Path | None = None, limit: int | None = None) -> list[dict]:
+    """The usable rows of dataset `name`'s `split`, from the hub or from a local `path`.
+
+    `limit` keeps the first `limit` usable rows (in file order). Unusable rows are reported in
+    a warning with their count and excluded; if none is usable, ValueError.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    source = DATASETS[name]
+    if split not in source.splits:
+        raise ValueError(f"{name!r} has no split {split!r}; valid splits: {', '.join(source.splits)}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of rows or None, got {limit}")
+    raw = read_rows(path) if path is not None else _hub_rows(name, source, split)
+    rows, bad, outside = [], [], 0
+    for i, r in enumerate(raw):
+        try:
+            row = source.row(r)
+        except _BadRow as e:
+            bad.append(f"row {i}: {e}")
+            continue
+        except (TypeError, ValueError, AttributeError) as e:  # a field of the wrong type
+            bad.append(f"row {i}: malformed ({type(e).__name__}: {e})")
+            continue
+        if row is None:
+            outside += 1
+        else:
+            rows.append(row)
+    where = f"{name}/{split}" + (f" ({path})" if path is not None else "")
+    if not rows:
+        raise ValueError(
+            f"{where}: none of its {len(raw)} rows is usable"
+            + (f" (first: {bad[0]})" if bad else "")
+            + f"; is it laid out in the {source.repo} schema?"
+        )
+    if bad:
+        warnings.warn(f"{where}: skipped {len(bad)} of {len(raw)} rows without a usable "
+                      f"question or answer (first: {bad[0]})", stacklevel=2)
+    if outside:
+        warnings.warn(f"{where}: {outside} of {len(raw)} rows are outside the benchmark's "
+                      "subset (not text-only English maths with a final answer) and were left out",
+                      stacklevel=2)
+    return rows[:limit] if limit is not None else rows
+
+
+def split_train_val(rows: list[dict], n_val: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """A fixed held-out validation slice of a training split, for model selection (Sec. 4).
+
+    The `n_val` rows whose sha256(seed, question) is smallest form `val`; the rest, in their
+    original order, form `train`. It depends only on the question texts and the seed: not on
+    the process count, the rank, torch's or Python's RNG, nor the order of `rows`, so every
+    run and every process holds out the same questions.
+    """
+    if not 0 <= n_val < len(rows):
+        raise ValueError(f"n_val must be in [0, {len(rows)}) for {len(rows)} rows, got {n_val}")
+
+    def key(i: int) -> tuple[str, int]:
+        question = rows[i].get("question")
+        if not isinstance(question, str):
+            raise ValueError(f"rows[{i}] has no 'question' string; pass rows made by data.load")
+        return hashlib.sha256(f"{seed}\n{question}".encode()).hexdigest(), i
+
+    held_out = set(sorted(range(len(rows)), key=key)[:n_val])
+    train = [r for i, r in enumerate(rows) if i not in held_out]
+    val = [r for i, r in enumerate(rows) if i in held_out]
+    return train, val
