@@ -1,0 +1,102 @@
+"""train.py end to end, as subprocesses with tiny budgets (CleanRL's habit), and its distributed arithmetic."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import toy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+TINY = ["--recipe", "tiny", "--prompts_per_step", "2", "--samples", "2", "--max_cot_tokens", "16",
+        "--val_cot_tokens", "16", "--val_size", "8", "--val_every", "2", "--micro_batch", "2"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A toy base model from a very short supervised run (the real one takes minutes)."""
+    return toy.base_model(seed=0, steps=20, cache_dir=str(tmp_path_factory.mktemp("cache")))
+
+
+def run(args, torchrun=False):
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if torchrun
+           else [sys.executable]) + ["train.py"] + args
+    p = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+def params(folder):
+    return AutoModelForCausalLM.from_pretrained(folder).state_dict()
+
+
+@pytest.mark.parametrize("mode", ["hard", "soft", "fuzzy"])
+def test_smoke_each_mode(base, tmp_path, mode):
+    out = str(tmp_path / mode)
+    p = run(TINY + ["--mode", mode, "--model", base, "--steps", "2", "--out", out])
+    assert "global batch: 2 prompts x 2 samples = 4 sequences" in p.stdout
+    lines = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
+    assert [m["step"] for m in lines] == [0, 1, 2] and "val_acc" in lines[-1]
+    for key in ("reward", "accuracy", "grad_norm", "zero_adv_frac", "cot_entropy", "noise_ratio", "t_rollout"):
+        assert key in lines[1]
+    assert (lines[1]["noise_ratio"] > 0) == (mode != "hard")
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["mode"] == mode and (cfg["sigma"] > 0) == (mode != "hard")
+    # train soft, deploy hard: the best checkpoint is a plain Hugging Face folder that generate()s
+    model = AutoModelForCausalLM.from_pretrained(os.path.join(out, "best"))
+    tok = AutoTokenizer.from_pretrained(os.path.join(out, "best"))
+    enc = tok([toy.TOY_PROMPT.format(question="Ann has 3 pens. She got 2 more. How many pens does Ann have?")],
+              return_tensors="pt")
+    assert model.generate(**enc, max_new_tokens=5, do_sample=False).shape[1] > enc.input_ids.shape[1]
+
+
+def test_torchrun_two_processes(base, tmp_path):
+    out = str(tmp_path / "ddp")
+    p = run(TINY + ["--mode", "soft", "--model", base, "--steps", "2", "--out", out], torchrun=True)
+    assert "2 process(es) x 2 sequences" in p.stdout
+    assert len(open(os.path.join(out, "metrics.jsonl")).readlines()) == 3
+
+
+def test_one_process_update_equals_two_processes(tmp_path):
+    ref, two = str(tmp_path / "one.pt"), str(tmp_path / "two.pt")
+    for cmd, out in (([sys.executable], ref),
+                     ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"], two)):
+        p = subprocess.run(cmd + ["tests/ddp_step.py", out], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                           timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+    a, b = torch.load(ref), torch.load(two)
+    assert a["_norm"] > 0
+    init = __import__("conftest").make_model("llama", __import__("conftest").make_tokenizer(), tied=True)
+    moved = 0
+    for k, v in init.state_dict().items():
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5)
+        moved += int(not torch.equal(a[k], v))
+    assert moved > 5                                              # the update really changed the weights
+    torch.testing.assert_close(b["_norm"], a["_norm"], rtol=1e-4, atol=0)
+
+
+def test_resume_equals_uninterrupted(base, tmp_path):
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    common = TINY + ["--mode", "fuzzy", "--model", base, "--steps", "4", "--save_every", "2"]
+    run(common + ["--out", full])
+    run(common + ["--out", part, "--stop_after", "2"])
+    assert json.loads(open(os.path.join(part, "metrics.jsonl")).readlines()[-1])["step"] == 2
+    run(common + ["--out", part, "--resume"])
+    a, b = params(os.path.join(full, "last")), params(os.path.join(part, "last"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=0, rtol=0)
+    steps = [json.loads(x)["step"] for x in open(os.path.join(part, "metrics.jsonl"))]
+    assert steps == [0, 1, 2, 3, 4]
+
+
+def test_clear_errors(tmp_path):
+    for args, msg in ((["--recipe", "tiny", "--mode", "fuzy"], "--mode 'fuzy'"),
+                      (["--recipe", "tiny", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+                       "--recipe tiny"),
+                      (["--recipe", "tiny", "--resume", "--out", str(tmp_path / "none")], "no checkpoint")):
+        p = subprocess.run([sys.executable, "train.py"] + args, cwd=ROOT, env=ENV, capture_output=True, text=True)
+        assert p.returncode != 0 and msg in p.stderr, p.stderr[-2000:]
