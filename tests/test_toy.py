@@ -1,0 +1,111 @@
+"""toy.py: the task, the character tokenizer and the cached supervised base model."""
+import json
+import os
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import data
+import toy
+
+
+def evaluate_steps(row):
+    """Independent check of a row: replay each `a+b=c.` step of the worked answer, chained, and check that the
+    question states the same operands."""
+    steps, gold = row["answer"].split("\n#### ")
+    x, operands = None, []
+    for line in steps.split("\n"):
+        a, op, b, c = re.fullmatch(r"(\d+)([-+*])(\d+)=(\d+)\.", line).groups()
+        assert x is None or int(a) == x
+        operands += [a, b] if x is None else [b]
+        x = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+        assert x == int(c) and x >= 0
+    assert re.findall(r"\d+", row["question"]) == operands
+    return x, int(gold)
+
+
+@pytest.mark.parametrize("skill", toy.SKILLS)
+def test_rows_are_deterministic_and_correct(skill):
+    a, b, c = toy.make_rows(50, 0, skill), toy.make_rows(50, 0, skill), toy.make_rows(50, 1, skill)
+    assert a == b and a != c
+    assert len({r["question"] for r in a}) == 50
+    for row in a:
+        x, gold = evaluate_steps(row)
+        assert x == gold == int(toy.gold(row))
+        assert toy.cot_target(row).endswith(f" The final answer is: \\boxed{{{gold}}}")
+        assert toy.cot_target(row).count(toy.TRIGGER) == 1
+
+
+def test_splits_are_disjoint_and_read_like_gsm8k(tmp_path):
+    qs = {s: {r["question"] for r in toy.make_rows(100, 0, split=s)} for s in toy.SPLITS}
+    names = list(qs)
+    assert all(not (qs[x] & qs[y]) for i, x in enumerate(names) for y in names[i + 1:])
+    splits = toy.toy_splits(0, n_train=50, n_val=20, n_test=20)
+    assert sorted(splits) == sorted(["train", "val", "test"] + [f"test_{s}" for s in toy.HELD_OUT])
+    sft = {r["question"] for s in toy.SKILLS for r in toy.make_rows(300, 0, s, "sft")}
+    assert not sft & {r["question"] for rows in splits.values() for r in rows}
+    path = tmp_path / "toy.jsonl"
+    toy.write_jsonl(splits["val"], path)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == splits["val"]
+    loaded = data.load("gsm8k", "train", path=str(path))   # the project's GSM8K loader: gold after ####
+    assert [r["answer"] for r in loaded] == [toy.gold(r) for r in splits["val"]]
+
+
+def test_tokenizer_round_trip(tmp_path):
+    tok = toy.make_tokenizer()
+    texts = [toy.TOY_PROMPT.format(question=r["question"]) + toy.cot_target(r)
+             for s in toy.SKILLS for r in toy.make_rows(20, 0, s)]
+    for t in texts + [" \\boxed{", "a  b\n{}:\\ ~"]:
+        ids = tok(t, add_special_tokens=False).input_ids
+        assert len(ids) == len(t) and tok.decode(ids) == t              # one token per character
+        assert tok.decode(tok(t).input_ids, skip_special_tokens=True) == t
+    assert tok(texts[0]).input_ids[0] == tok.bos_token_id
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again(texts).input_ids == tok(texts).input_ids
+    assert (again.pad_token_id, again.eos_token_id, again.bos_token_id) == (tok.pad_token_id, tok.eos_token_id,
+                                                                            tok.bos_token_id)
+    assert len({tok.pad_token_id, tok.eos_token_id, tok.bos_token_id}) == 3
+    enc = again(texts[:2] + ["Q: x"], return_tensors="pt", padding=True)   # left padding is the default
+    assert enc.attention_mask[2, 0] == 0 and enc.attention_mask[2, -1] == 1
+    assert enc.input_ids[2, -5:].tolist() == tok("Q: x").input_ids
+
+
+def test_base_model_is_cached_deterministic_and_loadable(tmp_path, capsys, monkeypatch):
+    p1 = toy.base_model(seed=0, steps=3, batch_size=8, cache_dir=str(tmp_path / "a"))
+    assert "making the toy base model" in capsys.readouterr().out
+    assert toy.base_model(seed=0, steps=3, batch_size=8, cache_dir=str(tmp_path / "a")) == p1
+    assert "making" not in capsys.readouterr().out                       # reused, not retrained
+    monkeypatch.setenv("SOFTCOT_CACHE", str(tmp_path / "b"))
+    p2 = toy.base_model(seed=0, steps=3, batch_size=8)                   # same settings, other cache folder
+    assert p2.startswith(str(tmp_path / "b")) and os.path.basename(p2) == os.path.basename(p1)
+    w1, w2 = load_file(os.path.join(p1, "model.safetensors")), load_file(os.path.join(p2, "model.safetensors"))
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+    p3 = toy.base_model(seed=1, steps=3, batch_size=8, cache_dir=str(tmp_path / "a"))
+    assert p3 != p1 and not torch.equal(load_file(os.path.join(p3, "model.safetensors"))["model.norm.weight"],
+                                        w1["model.norm.weight"])
+    assert not [f for f in os.listdir(tmp_path / "a") if f.startswith(".tmp")]
+    model, tok = AutoModelForCausalLM.from_pretrained(p1), AutoTokenizer.from_pretrained(p1)
+    assert model.config.tie_word_embeddings and model.generation_config.eos_token_id == tok.eos_token_id
+    assert 0.9e6 < sum(p.numel() for p in model.parameters()) < 1.2e6
+    enc = tok(["Q: What is 2+3?\nA:", "Q: Ann had 5 pens, got 3. How many now?\nA:"], return_tensors="pt",
+              padding=True)
+    out = model.generate(**enc, max_new_tokens=4, do_sample=False)
+    assert out.shape == (2, enc.input_ids.shape[1] + 4)
+    rows = toy.make_rows(3, 0, split="val")
+    assert 0 <= toy.greedy_accuracy(model, tok, rows) <= 1
+    stats = toy.sample_stats(model, tok, rows, num_samples=2)
+    assert 1 <= stats["distinct_answers"] <= 2 and 0 <= stats["sample_accuracy"] <= 1
+
+
+def test_bad_input_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="valid skills: addsub, mul, expr"):
+        toy.make_rows(3, 0, skill="division")
+    with pytest.raises(ValueError, match="valid splits"):
+        toy.make_rows(3, 0, split="dev")
+    with pytest.raises(ValueError, match="held_out_frac"):
+        toy.base_model(steps=1, held_out_frac=0.9, cache_dir=str(tmp_path))
+    assert not os.listdir(tmp_path)

@@ -1,0 +1,358 @@
+"""
+toy.py: the offline toy world. A synthetic GSM8K-like task, a character tokenizer, a tiny Llama, and the short
+supervised run that makes its base model.
+
+Why it exists: the paper's runs need Llama-3 (gated, hub download) and GPUs. The toy world needs neither, so the
+whole method can be run, tested and read on a laptop CPU. It is not a separate implementation: the task comes
+in GSM8K's hub schema ({"question", "answer": "...\\n#### N"}), the tokenizer is a `PreTrainedTokenizerFast`,
+the model a `LlamaForCausalLM`, the base model a plain Hugging Face folder, and the answer format is the
+paper's (the CoT ends with the trigger `The final answer is:`, then ` \\boxed{N}`). So data.py, softcot.py,
+rewards.py and train.py run exactly the code path they run for Llama-3 on GSM8K. Only the prompt is shorter
+(TOY_PROMPT, not App. B: every character is a token here, and sequence length is what CPU time pays for).
+
+    python toy.py                  # make (or reuse) the base model; print its accuracies and sample diversity
+    import toy
+    path = toy.base_model(seed=0)  # HF folder for AutoModelForCausalLM / AutoTokenizer.from_pretrained
+    splits = toy.toy_splits(seed=0)   # {"train", "val", "test", "test_mul", "test_expr"}: lists of rows
+
+The task. "Ann had 7 pens, got 3, lost 2. How many now?" -> " 7+3=10. 10-2=8. The final answer is: \\boxed{8}":
+1-3 steps of +/- on numbers 1-10 (never below zero). Two held-out skills are in the supervised data (10% each)
+but never in RL, for the out-of-domain check (Table 2 in spirit): `mul` ("Ann had 3 bags of 4 pens, lost 2.
+How many now?", a product then one +/- step) and `expr` ("What is 7+3-2?": the in-domain arithmetic, phrased
+as a bare expression). Which split a question belongs to is decided by a hash of its text (80% supervised,
+10% RL train, 5% val, 5% test), so splits are disjoint whatever the seeds and sizes.
+
+The base model: a 1.06 M-parameter Llama (d 128, 4 layers, 4 heads, SwiGLU 512, tied embeddings, vocabulary
+of 100 characters), trained on the worked answers (loss on the completion only): STEPS steps of BATCH rows,
+AdamW lr 2e-3, 50 warm-up steps, cosine to 10%. Measured greedy accuracy (200 problems each):
+
+    seed   val    test   test_mul   test_expr   8 samples at T=1 (100 val problems)
+    0      46.5%  44.0%  21.5%      16.0%       34% correct, 4.2 distinct answers per problem
+    1      40.5%  46.5%  29.0%      20.5%       22% correct, 4.7 distinct answers per problem
+
+Making it took 138 s (0.21 s per step) with 1 torch thread on a 2-core machine shared with other jobs; 2
+threads there were ~9x slower (contention), on an idle machine they are faster. `python toy.py` in all: 3 min.
+The numbers are small on purpose (1-10): arithmetic facts are what a tiny model spends its steps learning, and
+with 1-20 it needed about twice the steps for the same accuracy. The base model's errors are almost all
+arithmetic slips (`13-4=10.`), not format errors: what RL can fix. Accuracy climbs steeply with steps (calibration
+runs: ~33% at 500 steps, ~70% at 800), so STEPS is what sets the room left for RL.
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+import zlib
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+TOY_PROMPT = "Q: {question}\nA:"             # the short prompt; the completion starts with a space
+TRIGGER = "The final answer is:"              # App. C stop string, as in softcot.py
+SKILLS = ("addsub", "mul", "expr")
+IN_DOMAIN = "addsub"                          # the RL task
+HELD_OUT = ("mul", "expr")                    # supervised only: the out-of-domain check
+SPLITS = ("sft", "train", "val", "test")
+
+# The supervised run that makes the base model (measured on 2 CPU cores, see the module docstring).
+STEPS, BATCH, LR, WARMUP, HELD_OUT_FRAC = 650, 16, 2e-3, 50, 0.1
+MODEL = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+             num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True)
+
+# ------------------------------------------------------------------------------------------------- the task
+
+NAMES = ("Ann", "Tom", "Mia", "Ben", "Zoe", "Sam", "Eva", "Max", "Kim", "Leo")
+OBJECTS = ("pens", "eggs", "cards", "coins", "books", "apples", "shells", "stamps")
+GAIN = ("got", "won", "found", "bought")
+LOSS = ("lost", "sold", "gave away", "used")
+MAX_N = 10          # operands are 1..MAX_N
+OPS = (1, 2, 3)     # number of +/- steps in an addsub / expr problem
+
+
+def _split_of(question):
+    """The split a question belongs to, from a stable hash of its text (crc32, not Python's salted hash)."""
+    b = zlib.crc32(question.encode()) % 20
+    return "val" if b == 0 else "test" if b == 1 else "train" if b < 4 else "sft"
+
+
+def _chain(rng, value, n_ops):
+    """n_ops random +/- steps starting from `value`, never below zero: [(op, operand, result), ...]."""
+    steps = []
+    for _ in range(n_ops):
+        if value > 0 and rng.random() < 0.5:
+            b = rng.randint(1, min(MAX_N, value))
+            value -= b
+            steps.append(("-", b, value))
+        else:
+            b = rng.randint(1, MAX_N)
+            value += b
+            steps.append(("+", b, value))
+    return steps
+
+
+def _worked(start, steps):
+    """GSM8K's answer field: one `a+b=c.` line per step, then `#### N`."""
+    lines, x = [], start
+    for op, b, r in steps:
+        lines.append(f"{x}{op}{b}={r}.")
+        x = r
+    return "\n".join(lines) + f"\n#### {x}"
+
+
+def _verbs(rng, steps):
+    return ", ".join(f"{rng.choice(GAIN if op == '+' else LOSS)} {b}" for op, b, _ in steps)
+
+
+def _addsub(rng):
+    a = rng.randint(1, MAX_N)
+    steps = _chain(rng, a, rng.choice(OPS))
+    q = f"{rng.choice(NAMES)} had {a} {rng.choice(OBJECTS)}, {_verbs(rng, steps)}. How many now?"
+    return q, _worked(a, steps)
+
+
+def _mul(rng):
+    a, b = rng.randint(2, 5), rng.randint(2, 5)    # small products: the +/- step after stays in known range
+    steps = [("*", b, a * b)] + _chain(rng, a * b, 1)
+    q = f"{rng.choice(NAMES)} had {a} bags of {b} {rng.choice(OBJECTS)}, {_verbs(rng, steps[1:])}. How many now?"
+    return q, _worked(a, steps)
+
+
+def _expr(rng):
+    a = rng.randint(1, MAX_N)
+    steps = _chain(rng, a, rng.choice(OPS))
+    return f"What is {a}" + "".join(f"{op}{b}" for op, b, _ in steps) + "?", _worked(a, steps)
+
+
+_MAKERS = {"addsub": _addsub, "mul": _mul, "expr": _expr}
+
+
+def make_rows(n, seed, skill=IN_DOMAIN, split="train"):
+    """n distinct problems of `skill` from `split`, as GSM8K rows {"question", "answer"}; same seed, same rows."""
+    if skill not in _MAKERS:
+        raise ValueError(f"unknown skill {skill!r}; valid skills: {', '.join(SKILLS)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    rng = random.Random(f"{skill}/{split}/{seed}")     # str seeds are hashed with sha512: stable across runs
+    rows, seen, draws = [], set(), 0
+    while len(rows) < n:               # draws are rejected for the wrong split (~20x for val) or a repeat
+        draws += 1
+        if draws > 1000 * (n + 1):
+            raise ValueError(f"could not draw {n} distinct {skill!r} problems from split {split!r}")
+        q, a = _MAKERS[skill](rng)
+        if q not in seen and _split_of(q) == split:
+            seen.add(q)
+            rows.append({"question": q, "answer": a})
+    return rows
+
+
+def toy_splits(seed=0, n_train=4000, n_val=200, n_test=200):
+    """What a training / evaluation script needs: RL train and val rows, in-domain test rows, and test rows of
+    each held-out skill ("test_mul", "test_expr"). Disjoint from each other and from the supervised data."""
+    out = {"train": make_rows(n_train, seed, split="train"), "val": make_rows(n_val, seed, split="val"),
+           "test": make_rows(n_test, seed, split="test")}
+    out.update({f"test_{s}": make_rows(n_test, seed, s, "test") for s in HELD_OUT})
+    return out
+
+
+def write_jsonl(rows, path):
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def gold(row):
+    """The number after `####`, as a string (what data.py's GSM8K loader takes as the label)."""
+    return row["answer"].split("####")[-1].strip()
+
+
+def cot_target(row):
+    """The supervised completion after TOY_PROMPT: the worked steps on one line, the trigger, ` \\boxed{N}`.
+    (The supervised run appends EOS.) The rollout's prefill after the trigger is ` \\boxed{`, the same text."""
+    steps = row["answer"].split("\n####")[0]
+    return " " + " ".join(steps.split("\n")) + f" {TRIGGER} \\boxed{{{gold(row)}}}"
+
+
+# -------------------------------------------------------------------------------------- tokenizer and model
+
+def make_tokenizer():
+    """One token per character: the 95 printable ASCII characters and newline, plus <pad> <bos> <eos> <unk>.
+
+    A WordLevel model over single characters (the Split pre-tokenizer isolates every character, spaces included)
+    and a Fuse decoder that joins tokens with nothing between them, so decode(encode(s)) == s for any ASCII s.
+    Encoding with special tokens prepends <bos> (as Llama-3's tokenizer does); pads go left by default.
+    """
+    vocab = {t: i for i, t in enumerate(["<pad>", "<bos>", "<eos>", "<unk>", "\n"] + [chr(c) for c in range(32, 127)])}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    t.decoder = decoders.Fuse()
+    t.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B",
+                                                     special_tokens=[("<bos>", vocab["<bos>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+                                   unk_token="<unk>", padding_side="left", clean_up_tokenization_spaces=False)
+
+
+def make_model(tokenizer, seed=0):
+    """A freshly initialised tiny LlamaForCausalLM (MODEL's shape, ~1.06 M parameters) for `tokenizer`."""
+    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), **MODEL, **ids))
+    for k, v in ids.items():           # model.generate reads these from the generation config
+        setattr(model.generation_config, k, v)
+    return model
+
+
+# ---------------------------------------------------------------------------------------- the supervised run
+
+def _batches(tok, rows, batch_size, seed):
+    """Right-padded (input_ids, labels) pairs, (batch_size, L) each; labels are -100 on prompt and padding.
+
+    Sequence: <bos> prompt completion <eos>, the prompt tokenised exactly as the rollout does. Rows are grouped
+    by length within windows of 16 batches (16% fewer tokens than random batches), then the batches shuffled.
+    """
+    prompts = tok([TOY_PROMPT.format(question=r["question"]) for r in rows]).input_ids
+    completions = tok([cot_target(r) for r in rows], add_special_tokens=False).input_ids
+    seqs = [(p + c + [tok.eos_token_id], len(p)) for p, c in zip(prompts, completions)]
+    rng, window, groups = random.Random(seed), 16 * batch_size, []
+    for w in range(0, len(seqs), window):
+        chunk = sorted(seqs[w:w + window], key=lambda s: len(s[0]))
+        groups += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(groups)
+    for group in groups:
+        L = max(len(s) for s, _ in group)
+        ids = torch.full((len(group), L), tok.pad_token_id)
+        labels = torch.full((len(group), L), -100)
+        for i, (s, n_prompt) in enumerate(group):
+            ids[i, :len(s)] = torch.tensor(s)
+            labels[i, n_prompt:len(s)] = ids[i, n_prompt:len(s)]
+        yield ids, labels
+
+
+def train_sft(seed=0, steps=STEPS, batch_size=BATCH, lr=LR, warmup=WARMUP, held_out_frac=HELD_OUT_FRAC,
+              log_every=50):
+    """Train the base model from scratch; returns (model, tokenizer). Deterministic for a seed and thread count."""
+    tok = make_tokenizer()
+    model = make_model(tok, seed)
+    n = steps * batch_size
+    n_held = round(held_out_frac * n)
+    rows = make_rows(n - n_held * len(HELD_OUT), seed, IN_DOMAIN, "sft")
+    for skill in HELD_OUT:
+        rows += make_rows(n_held, seed, skill, "sft")
+    random.Random(seed).shuffle(rows)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(   # linear warm-up, then cosine from lr down to lr / 10
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * s / steps)))
+    model.train()
+    t0 = time.time()
+    for step, (ids, labels) in enumerate(_batches(tok, rows, batch_size, seed), 1):
+        # No attention mask: padding is on the right, so the causal mask already keeps it out of every real
+        # position, and SDPA takes its fast causal path. Loss: mean over completion tokens (HF shifts labels).
+        loss = model(input_ids=ids, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % log_every == 0 or step in (1, steps):
+            print(f"  step {step}/{steps}  loss {loss.item():.4f}  {time.time() - t0:.0f}s", flush=True)
+    return model.eval(), tok
+
+
+def base_model(seed=0, cache_dir=None, *, steps=STEPS, batch_size=BATCH, lr=LR, warmup=WARMUP,
+               held_out_frac=HELD_OUT_FRAC):
+    """Path of the toy base model: a plain Hugging Face folder (safetensors, config, tokenizer).
+
+    Trains only if the folder is missing. The folder is `<cache_dir>/toy-base-s<seed>-<hash>`, where cache_dir
+    defaults to $SOFTCOT_CACHE, else ~/.cache/softcot, and the hash covers the settings, the model shape, the
+    vocabulary, the prompt and sample problems: changing any of them makes a new model, never a stale one.
+    The model is written to a temporary folder and renamed into place, so a killed run leaves nothing half
+    written. The weights depend on the torch thread count in the last bits (float sums in another order).
+    """
+    if not 0 <= held_out_frac <= 1 / len(HELD_OUT):
+        raise ValueError(f"held_out_frac is the share of each held-out skill: 0 to {1 / len(HELD_OUT)}")
+    root = cache_dir or os.environ.get("SOFTCOT_CACHE") or os.path.expanduser("~/.cache/softcot")
+    settings = dict(seed=seed, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
+                    held_out_frac=held_out_frac, model=MODEL, prompt=TOY_PROMPT,
+                    vocab=sorted(make_tokenizer().get_vocab().items(), key=lambda kv: kv[1]),
+                    sample=[make_rows(2, 0, s, "sft") for s in SKILLS])
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    path = os.path.join(root, f"toy-base-s{seed}-{digest}")
+    if os.path.isdir(path):
+        return path
+    os.makedirs(root, exist_ok=True)
+    print(f"making the toy base model ({steps} supervised steps of {batch_size}, "
+          f"{torch.get_num_threads()} threads) -> {path}", flush=True)
+    t0 = time.time()
+    model, tok = train_sft(seed, steps, batch_size, lr, warmup, held_out_frac)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=root)
+    os.chmod(tmp, 0o755)               # mkdtemp makes it private; the cache is an ordinary folder
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    settings.update(train_seconds=round(time.time() - t0, 1), threads=torch.get_num_threads())
+    with open(os.path.join(tmp, "toy.json"), "w") as f:    # how this model was made, for readers
+        json.dump({k: v for k, v in settings.items() if k not in ("vocab", "sample")}, f, indent=1)
+    try:
+        os.rename(tmp, path)
+    except OSError:                    # another process finished the same model first: keep theirs
+        shutil.rmtree(tmp)
+    print(f"toy base model ready in {time.time() - t0:.0f}s", flush=True)
+    return path
+
+
+# ------------------------------------------------------------------------ sanity prints (not the evaluation)
+
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+@torch.no_grad()
+def _answers(model, tok, rows, num_samples=1, do_sample=False, max_new_tokens=96, batch_size=256):
+    """The last \\boxed{...} of each generated completion (None if there is none): one list per row.
+    model.generate with left padding; sampling is at temperature 1 over the full vocabulary."""
+    kw = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
+    out = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        enc = tok([TOY_PROMPT.format(question=r["question"]) for r in chunk], return_tensors="pt",
+                  padding=True, padding_side="left")
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=num_samples, **kw)
+        texts = tok.batch_decode(gen[:, enc.input_ids.shape[1]:], skip_special_tokens=True)   # (len * k) texts
+        found = [m[-1].strip() if m else None for m in map(_BOXED.findall, texts)]
+        out += [found[j * num_samples:(j + 1) * num_samples] for j in range(len(chunk))]
+    return out
+
+
+def greedy_accuracy(model, tok, rows):
+    """Fraction of rows whose greedy completion's \\boxed{} equals the gold number."""
+    return sum(a[0] == gold(r) for a, r in zip(_answers(model, tok, rows), rows)) / len(rows)
+
+
+def sample_stats(model, tok, rows, num_samples=8, seed=0):
+    """Temperature-1 samples: accuracy over all samples, and the mean number of distinct answers per problem."""
+    with torch.random.fork_rng():      # reproducible, and leaves the caller's RNG alone
+        torch.manual_seed(seed)
+        ans = _answers(model, tok, rows, num_samples, do_sample=True)
+    return {"sample_accuracy": sum(x == gold(r) for a, r in zip(ans, rows) for x in a) / (len(rows) * num_samples),
+            "distinct_answers": sum(len(set(a)) for a in ans) / len(rows)}
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Make (or reuse) the toy base model and print its accuracies.")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the supervised run and of the problems")
+    ap.add_argument("--cache-dir", help="parent folder of the model (default: $SOFTCOT_CACHE or ~/.cache/softcot)")
+    args = ap.parse_args()
+    t0 = time.time()
+    path = base_model(args.seed, args.cache_dir)
+    print(f"base model: {path} ({time.time() - t0:.0f}s)")
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    splits = toy_splits(args.seed)
+    for name in ["val", "test"] + [f"test_{s}" for s in HELD_OUT]:
+        print(f"greedy accuracy {name:10s} {greedy_accuracy(model, tok, splits[name]):.3f}")
+    stats = sample_stats(model, tok, splits["val"][:100])
+    print(f"8 samples at temperature 1 on 100 val problems: accuracy {stats['sample_accuracy']:.3f}, "
+          f"{stats['distinct_answers']:.2f} distinct answers per problem")
