@@ -155,8 +155,9 @@ def load_problems(args):
         os.makedirs(args.out, exist_ok=True)
         path = os.path.join(args.out, "toy_train.jsonl")
         rows = toy.make_rows(4000, args.seed, split="train") + toy.make_rows(args.val_size, args.seed, split="val")
-        with open(path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+        tmp = f"{path}.{os.getpid()}.tmp"   # every rank writes the same rows: rename, so none reads a half file
+        toy.write_jsonl(rows, tmp)
+        os.replace(tmp, path)
         rows = data.load("gsm8k", "train", path=path)
         return rows[:-args.val_size], rows[-args.val_size:]
     rows = data.load(args.dataset, "train", path=args.data_path)
