@@ -44,7 +44,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import tempfile
 import time
@@ -53,6 +52,8 @@ import zlib
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+import rewards
 
 TOY_PROMPT = "Q: {question}\nA:"             # the short prompt; the completion starts with a space
 TRIGGER = "The final answer is:"              # App. C stop string, as in softcot.py
@@ -167,8 +168,8 @@ def write_jsonl(rows, path):
 
 
 def gold(row):
-    """The number after `####`, as a string (what data.py's GSM8K loader takes as the label)."""
-    return row["answer"].split("####")[-1].strip()
+    """The number after `####`, as a string: the GSM8K rule (rewards.gsm8k_gold), which data.py's loader shares."""
+    return rewards.gsm8k_gold(row["answer"])
 
 
 def cot_target(row):
@@ -307,9 +308,6 @@ def base_model(seed=0, cache_dir=None, *, steps=STEPS, batch_size=BATCH, lr=LR, 
 
 # ------------------------------------------------------------------------ sanity prints (not the evaluation)
 
-_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-
-
 @torch.no_grad()
 def _answers(model, tok, rows, num_samples=1, do_sample=False, max_new_tokens=96, batch_size=256):
     """The last \\boxed{...} of each generated completion (None if there is none): one list per row.
@@ -322,7 +320,7 @@ def _answers(model, tok, rows, num_samples=1, do_sample=False, max_new_tokens=96
                   padding=True, padding_side="left")
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, num_return_sequences=num_samples, **kw)
         texts = tok.batch_decode(gen[:, enc.input_ids.shape[1]:], skip_special_tokens=True)   # (len * k) texts
-        found = [m[-1].strip() if m else None for m in map(_BOXED.findall, texts)]
+        found = [rewards.extract_boxed(t) for t in texts]
         out += [found[j * num_samples:(j + 1) * num_samples] for j in range(len(chunk))]
     return out
 
