@@ -1,0 +1,495 @@
+"""
+evaluate.py: pass@k in the paper's six inference settings, out-of-domain accuracy and NLL, CoT entropy,
+tables and plots, for any checkpoint, on one process or many.
+
+Paper: Butt et al., "Soft Tokens, Hard Truths" (arXiv 2509.19170), Sec. 4 and PAPER.md §2.4, §2.6:
+- Tables 3-5 (Table 1 is their hard columns): every checkpoint in the six settings of softcot.SETTINGS, hard /
+  fuzzy / soft CoT x greedy / sample, answers always greedy. Greedy pass@1, sample pass@1 and sample pass@n
+  from n = 32 samples per problem, with the unbiased pass@k estimator (`pass_at_k`); "sample" soft and
+  fuzzy settings add noise sigma = softcot.noise_sigma(model) = 0.33 x RMS(E) of the evaluated model (Sec. 4).
+  Several checkpoints of one method (seeds) make one table row, mean ± std (sample std, n - 1).
+- Fig. 3 (pass@k for k = 1, 2, 4, 8, 16, 32), Fig. 4 / App. G.3 (CoT entropy per position: the mean
+  next-token entropy over all generations still in their CoT at that position), Fig. 2 (training curves,
+  from train.py's metrics.jsonl).
+- Table 2, out of domain: accuracy with hard greedy decoding, and the NLL per token of the correct answer.
+  The paper gives no protocol (PAPER.md §6.14). Ours, the same for base and trained models:
+    accuracy  one hard greedy rollout (CoT cap as in-domain, greedy answer) on the task's prompt (App. B; the toy
+              prompt for --recipe tiny) with the question and its lettered choices ("A. ...", one a line);
+              correct if the last \\boxed{} holds the right letter (`B`, `(B)`, `\\text{B}`) or the right
+              choice's text.
+    NLL       the mean, over problems, of the per-token negative log-likelihood of the correct choice's text,
+              teacher-forced after the prompt with the question alone (listing the choices would measure
+              copying) followed by the answer prefill ` The final answer is: \\boxed{` (App. C): the answer
+              in the slot where the model writes it, with no CoT, because a CoT is the model's own and would
+              make base and trained models' numbers incomparable.
+  HellaSwag uses its validation split (test labels are hidden), ARC (Challenge; arc_easy for Easy) and MMLU
+  their test splits. The toy world's held-out skills (toy.HELD_OUT: test_mul, test_expr) go through the same
+  code: accuracy by a hard greedy rollout graded like in-domain answers, NLL per token of the gold worked
+  completion (toy.cot_target: CoT, trigger and boxed answer) after the toy prompt.
+
+    python evaluate.py --recipe tiny --model toy --label base --out eval --plots        # the toy base model
+    python evaluate.py --recipe tiny --model runs/tiny-fuzzy-s0/best runs/tiny-fuzzy-s1/best --out eval --plots
+    torchrun --standalone --nproc_per_node 8 evaluate.py --recipe llama3b-gsm8k --model runs/x/best --out eval
+    python evaluate.py --metrics runs/*/metrics.jsonl --out eval                        # training curves only
+
+Each call writes <out>/results_<label>.json (per checkpoint: every pass@k, per-problem correct counts, entropy
+profiles, OOD numbers), then rebuilds <out>/table.md from every results_*.json in <out>: run it once per
+method, same --out, and the table gets one row per label. --plots draws passk.png and entropy.png; --metrics
+draws training.png.
+
+Reproducible: problems are cut into fixed chunks (--batch sequences each) and chunk j's rollout draws from a
+torch.Generator seeded by (--seed, setting, j's first problem); chunks go round-robin to the ranks and every
+per-problem number is all-reduced into its own slot. So a result depends on (checkpoint, --seed, --batch) and
+not on the process count: `torchrun --nproc_per_node 2` gives exactly the one-process numbers (a test checks).
+"""
+
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import statistics
+import time
+import zlib
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import data
+import rewards
+import softcot
+import toy
+import train
+
+LETTERS = "ABCDEFGHIJ"
+MC_SPLIT = {"hellaswag": "validation", "arc": "test", "arc_easy": "test", "mmlu": "test"}   # Table 2's sets
+TOY_OOD = tuple(f"test_{s}" for s in toy.HELD_OUT)                                          # test_mul, test_expr
+TEST_SET = {"toy": "toy", "gsm8k": "gsm8k", "math": "math500", "deepscaler": "math500"}      # recipe data -> test
+MODES = ("hard", "fuzzy", "soft")                                  # the column order of Tables 3-5
+# The toy table's default problem count: all six settings at n = 32 on the 200 toy test problems took 5 min per
+# checkpoint on 2 shared CPU cores (3.5 min of CPU); 100 problems keep a 4-row table near 10 min.
+TOY_LIMIT = 100
+
+
+# ------------------------------------------------------------------------------------------------ pass@k
+def pass_at_k(n, c, k):
+    """Unbiased pass@k (Chen et al. 2021) of one problem with n samples, c of them correct: 1 - C(n-c, k) / C(n, k).
+
+    Computed as a product, stable for any n: C(n-c, k) / C(n, k) = prod_{i=n-c+1..n} (1 - k / i). Needs n >= k
+    (fewer samples cannot estimate pass@k); c = 0 gives 0 (human-eval's shortcut returned 1 there, ANCHORS.md).
+    """
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@{k} needs at least k = {k} samples per problem, got n = {n}")
+    if not 0 <= c <= n:
+        raise ValueError(f"the number of correct samples must be in [0, n = {n}], got {c}")
+    if n - c < k:              # every size-k subset holds a correct sample
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+# ------------------------------------------------------------------------------------------------ measurements
+def cot_entropy(ro):
+    """App. G.3: per CoT position t, the sum over rows of the next-token entropy and the number of rows still
+    in their CoT there (padding excluded). Rollout -> (sums (Tc,), counts (Tc,)), fp64; sums / counts is the
+    entropy profile of Fig. 4."""
+    Tc = ro.entropy.shape[1]
+    in_cot = (ro.kind[:, :Tc] == softcot.COT).double()          # (N, Tc): CoT position j = generated position j
+    return (ro.entropy.double() * in_cot).sum(0), in_cot.sum(0)
+
+
+@torch.no_grad()
+def completion_nll(model, tok, contexts, completions):
+    """Mean negative log-likelihood per token of each completion after its context, teacher-forced (Table 2's NLL).
+
+    Tokenised apart, the context with the tokenizer's special tokens and the completion without, as a rollout
+    sees a prompt then generated tokens. Left-padded, so every completion ends in the last column and only the
+    last C + 1 positions' logits are computed (C = the longest completion; no (B, L, V) tensor). Returns (B,).
+    """
+    ctx = tok(list(contexts)).input_ids
+    comp = tok(list(completions), add_special_tokens=False).input_ids
+    if min(map(len, ctx)) == 0 or min(map(len, comp)) == 0:
+        raise ValueError("contexts and completions must each hold at least one token")
+    B, L, C = len(ctx), max(len(a) + len(b) for a, b in zip(ctx, comp)), max(map(len, comp))
+    ids = torch.full((B, L), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros(B, L, dtype=torch.long)
+    target = torch.zeros(B, L, dtype=torch.bool)                 # the completion's tokens
+    for i, (a, b) in enumerate(zip(ctx, comp)):
+        ids[i, L - len(a) - len(b):] = torch.tensor(a + b)
+        mask[i, L - len(a) - len(b):] = 1
+        target[i, L - len(b):] = True
+    ids, mask, target = ids.to(model.device), mask.to(model.device), target[:, -C:].to(model.device)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)                      # explicit positions: left pads
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=C + 1).logits[:, :-1]
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, -C:, None])[..., 0]   # (B, C): log p(token)
+    return -(logp * target).sum(1) / target.sum(1)
+
+
+def mc_question(row):
+    """A multiple-choice row as one question: the stem, then one "A. choice" line per choice."""
+    return row["question"] + "\n" + "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(row["choices"]))
+
+
+def mc_correct(answer_text, row):
+    """The last \\boxed{} names the right choice: its letter (`B`, `(B)`, `B.`, `\\text{B}`) or its text."""
+    got = rewards.extract_boxed(answer_text)
+    if got is None:
+        return False
+    got = re.sub(r"^\\text\{(.*)\}$", r"\1", got.strip()).strip()
+    return got.strip("(). ").upper() == LETTERS[row["label"]] or _norm(got) == _norm(row["choices"][row["label"]])
+
+
+def _norm(text):
+    """Case, runs of spaces and a final period do not matter."""
+    return " ".join(text.lower().split()).rstrip(".")
+
+
+def judge(answer_texts, items):
+    """Correctness per answer: Math-Verify (Eq. 11's check) for maths items, the choice for multiple choice."""
+    if "choices" in items[0]:
+        return [mc_correct(a, it) for a, it in zip(answer_texts, items)]
+    return rewards.score(answer_texts, [it["answer"] for it in items]).correct
+
+
+# ------------------------------------------------------------------------------------------------ data
+def _subset(rows, limit):
+    """`limit` rows spread evenly over the set (MMLU's file order is by subject), or all of them."""
+    if limit is None or limit >= len(rows):
+        return rows
+    return [rows[i * len(rows) // limit] for i in range(limit)]
+
+
+def _load(name, split, path):
+    try:
+        return data.load(name, split, path=path)
+    except (ValueError, RuntimeError) as e:
+        raise SystemExit(f"could not load {name!r} ({split} split): {e}\nOffline, point at a local file in the "
+                         f"dataset's hub schema: --data_path FILE for the test set, --ood {name}=FILE for an "
+                         "out-of-domain set.")
+
+
+def load_sets(args):
+    """(test items, {OOD name: items}). An item holds the rollout's `prompt`, the gold `answer`, MC rows'
+    `choices` and `label`, and for OOD items the NLL's `context` and `completion` (module docstring)."""
+    splits = toy.toy_splits(args.seed) if args.dataset == "toy" or set(args.ood) & set(TOY_OOD) else {}
+    if args.dataset == "toy":
+        test = [dict(prompt=train.prompt_text(args, r["question"]), answer=toy.gold(r)) for r in splits["test"]]
+    else:
+        test = [dict(prompt=train.prompt_text(args, r["question"]), answer=r["answer"])
+                for r in _load(args.dataset, "test", args.data_path)]
+    ood = {}
+    for spec in args.ood:
+        name, _, path = spec.partition("=")
+        if name in TOY_OOD:
+            ood[name] = [dict(prompt=train.prompt_text(args, r["question"]), answer=toy.gold(r),
+                              context=train.prompt_text(args, r["question"]), completion=toy.cot_target(r))
+                         for r in splits[name]]
+        elif name in MC_SPLIT:
+            ood[name] = [dict(prompt=train.prompt_text(args, mc_question(r)), answer=r["answer"],
+                              choices=r["choices"], label=r["label"], completion=r["answer"],
+                              context=train.prompt_text(args, r["question"]) + softcot.PREFILL_CAPPED)
+                         for r in _load(name, MC_SPLIT[name], path or None)]
+        else:
+            raise SystemExit(f"--ood {name!r}: unknown set; use {', '.join(MC_SPLIT)} (Table 2) or "
+                             f"{', '.join(TOY_OOD)} (the toy world's held-out skills), optionally as NAME=FILE")
+    return _subset(test, args.limit), {k: _subset(v, args.limit) for k, v in ood.items()}
+
+
+# ------------------------------------------------------------------------------------------------ one checkpoint
+def run_setting(args, model, tok, items, name, sigma, G, rank, world, desc):
+    """One inference setting on all items, G samples each: (correct counts (P,), entropy profile as a list).
+
+    Items are cut into chunks of max(1, batch // G) problems; chunk j runs on rank j % world with a generator
+    seeded by (seed, setting, first problem), so the numbers do not depend on the process count.
+    """
+    mode, tau, noisy = softcot.SETTINGS[name]
+    per = max(1, args.batch // G)
+    starts = list(range(0, len(items), per))
+    correct = torch.zeros(len(items), dtype=torch.float64, device=model.device)            # (P,)
+    ent = torch.zeros(len(starts), args.max_cot_tokens, dtype=torch.float64, device=model.device)   # per chunk
+    cnt = torch.zeros_like(ent)
+    for j in tqdm(range(rank, len(starts), world), desc=f"{desc} {name}", disable=rank != 0, dynamic_ncols=True):
+        s = starts[j]
+        chunk = items[s:s + per]
+        gen = torch.Generator(model.device).manual_seed(zlib.crc32(f"{args.seed}/{name}/{s}".encode()))
+        ro = softcot.rollout(model, tok, [it["prompt"] for it in chunk], mode=mode, tau=tau,
+                             sigma=sigma if noisy else 0.0, num_samples=G, max_cot_tokens=args.max_cot_tokens,
+                             max_answer_tokens=args.max_answer_tokens, answer_temperature=0.0, generator=gen)
+        ok = judge(ro.answer_text, [it for it in chunk for _ in range(G)])                 # rows prompt-major
+        correct[s:s + len(chunk)] = torch.tensor(ok, dtype=torch.float64).view(-1, G).sum(1).to(model.device)
+        e, c = cot_entropy(ro)
+        ent[j, :len(e)], cnt[j, :len(c)] = e, c
+    # each rank filled only its own slots (the others hold 0), so the sum is exact (x + 0 == x) and then the
+    # chunks are summed in one order whatever the process count
+    correct, ent, cnt = (train.all_sum(x, world).cpu() for x in (correct, ent, cnt))
+    ent, cnt = ent.sum(0), cnt.sum(0)                                                       # (T,), same order
+    return correct, (ent[cnt > 0] / cnt[cnt > 0]).tolist()
+
+
+def run_nll(args, model, tok, items, rank, world, desc):
+    """completion_nll of every item, sharded in chunks of --batch: (P,) mean NLL per token of each item."""
+    nll = torch.zeros(len(items), dtype=torch.float64, device=model.device)
+    starts = list(range(0, len(items), args.batch))
+    for j in tqdm(range(rank, len(starts), world), desc=f"{desc} NLL", disable=rank != 0, dynamic_ncols=True):
+        chunk = items[starts[j]:starts[j] + args.batch]
+        nll[starts[j]:starts[j] + len(chunk)] = completion_nll(model, tok, [it["context"] for it in chunk],
+                                                               [it["completion"] for it in chunk]).double()
+    return train.all_sum(nll, world).cpu()                 # exact: one rank wrote each slot
+
+
+def evaluate_checkpoint(args, model, tok, test, ood, rank, world, desc=""):
+    """Everything for one checkpoint, as the dict saved in results_<label>.json (pass@k as fractions)."""
+    t0 = time.time()
+    sigma = softcot.noise_sigma(model)      # the "sample" settings' noise: 0.33 x RMS(E) (Sec. 4)
+    out = dict(sigma=sigma, settings={}, correct={}, entropy={}, ood={})
+    for name in args.settings:
+        G = args.samples if name.endswith("_sample") else 1
+        correct, profile = run_setting(args, model, tok, test, name, sigma, G, rank, world, desc)
+        ks = args.k if G > 1 else [1]
+        out["settings"][name] = {f"pass@{k}": statistics.fmean(pass_at_k(G, int(c), k) for c in correct)
+                                 for k in ks}
+        out["correct"][name] = [int(c) for c in correct]
+        out["entropy"][name] = profile
+    for name, items in ood.items():
+        correct, _ = run_setting(args, model, tok, items, "hard_greedy", 0.0, 1, rank, world, f"{desc} {name}")
+        nll = run_nll(args, model, tok, items, rank, world, f"{desc} {name}")
+        out["ood"][name] = dict(accuracy=correct.mean().item(), nll=nll.mean().item(), problems=len(items))
+    out["seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def mean_std(values, scale=100.0, digits=1):
+    """'76.7±1.8' over seeds (sample std); a single value alone, as the paper's no-finetune rows."""
+    v = [scale * x for x in values]
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{statistics.fmean(v):.{digits}f}±{statistics.stdev(v):.{digits}f}"
+
+
+def _markdown(head, lines):
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                     + ["| " + " | ".join(cells) + " |" for cells in lines])
+
+
+def format_table(rows):
+    """Tables 3-5 from {label: [checkpoint results]}: HG HS HS32 | FG FS FS32 | SG SS SS32, in percent.
+
+    G = greedy pass@1, S = sample pass@1, S32 = sample pass@K for the largest K evaluated (32 at n = 32).
+    """
+    K = max((int(key[5:]) for runs in rows.values() for r in runs for s in r["settings"].values() for key in s),
+            default=1)
+    head = ["model"] + [f"{m[0].upper()}{c}" for m in MODES for c in ("G", "S", f"S{K}")]
+    lines = []
+    for label, runs in rows.items():
+        cells = [label]
+        for m in MODES:
+            for setting, key in ((f"{m}_greedy", "pass@1"), (f"{m}_sample", "pass@1"), (f"{m}_sample", f"pass@{K}")):
+                vals = [r["settings"][setting][key] for r in runs if key in r["settings"].get(setting, {})]
+                cells.append(mean_std(vals) if vals else "–")
+        lines.append(cells)
+    return _markdown(head, lines)
+
+
+def format_ood_table(rows):
+    """Table 2 from {label: [checkpoint results]}: accuracy (%) and NLL per token of the correct answer, per set."""
+    names = list(dict.fromkeys(n for runs in rows.values() for r in runs for n in r["ood"]))
+    head = ["model"] + [f"{n} {what}" for n in names for what in ("acc", "NLL")]
+    lines = []
+    for label, runs in rows.items():
+        cells = [label]
+        for n in names:
+            got = [r["ood"][n] for r in runs if n in r["ood"]]
+            cells += [mean_std([g["accuracy"] for g in got]) if got else "–",
+                      mean_std([g["nll"] for g in got], scale=1.0, digits=2) if got else "–"]
+        lines.append(cells)
+    return _markdown(head, lines)
+
+
+# ------------------------------------------------------------------------------------------------ plots
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")                   # files only: works on machines without a display
+    import matplotlib.pyplot as plt
+    return plt
+
+
+COLORS = {"hard": "tab:red", "fuzzy": "tab:blue", "soft": "tab:green"}
+
+
+def plot_entropy(rows, path):
+    """Fig. 4 / App. G.3: the CoT entropy profile of each setting, one panel per label, seeds by opacity."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 3.5), squeeze=False, sharey=True)
+    for ax, (label, runs) in zip(axes[0], rows.items()):
+        for name, (mode, _, _) in softcot.SETTINGS.items():
+            for i, r in enumerate(runs):
+                if r["entropy"].get(name):
+                    ax.plot(r["entropy"][name], color=COLORS[mode], ls="-" if name.endswith("greedy") else "--",
+                            alpha=1.0 - 0.6 * i / max(1, len(runs) - 1), label=name if i == 0 else None)
+        ax.set(title=label, xlabel="CoT position t", ylabel="mean next-token entropy (nats)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_pass_at_k(rows, path):
+    """Fig. 3: sample pass@k against k for each sample setting, one panel per label, mean ± std over seeds."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 3.5), squeeze=False, sharey=True)
+    for ax, (label, runs) in zip(axes[0], rows.items()):
+        ks = sorted({int(key[5:]) for r in runs for s in r["settings"].values() for key in s})
+        for mode in MODES:
+            got = [r["settings"][f"{mode}_sample"] for r in runs if f"{mode}_sample" in r["settings"]]
+            if got:
+                vals = [[100 * g[f"pass@{k}"] for g in got] for k in ks]       # (k, seed)
+                ax.errorbar(ks, [statistics.fmean(v) for v in vals], capsize=3, marker="o", color=COLORS[mode],
+                            yerr=[statistics.stdev(v) if len(v) > 1 else 0 for v in vals], label=f"{mode} sample")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set(title=label, xlabel="k", ylabel="pass@k (%)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+CURVES = (("reward", "training reward"), ("accuracy", "training accuracy"), ("val_acc", "greedy validation accuracy"),
+          ("cot_entropy", "CoT entropy (nats)"), ("grad_norm", "gradient norm (before clipping)"))
+
+
+def plot_training(paths, path):
+    """Fig. 2: training curves from train.py's metrics.jsonl files, one line per run (named by its folder)."""
+    plt = _pyplot()
+    runs = {os.path.basename(os.path.dirname(os.path.abspath(p))): [json.loads(x) for x in open(p) if x.strip()]
+            for p in paths}
+    curves = [(k, t) for k, t in CURVES if any(k in m for ms in runs.values() for m in ms)]
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
+    for ax, (key, title) in zip(axes[0], curves):
+        for label, ms in runs.items():
+            pts = [(m["step"], m[key]) for m in ms if key in m]
+            if pts:
+                ax.plot(*zip(*pts), marker="o" if key == "val_acc" else None, ms=3, lw=1, label=label)
+        ax.set(title=title, xlabel="step", yscale="log" if key == "grad_norm" else "linear")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def default_label(paths):
+    """runs/tiny-fuzzy-s0/best -> tiny-fuzzy: the run folder, without its seed."""
+    p = paths[0].rstrip("/")
+    name = os.path.basename(os.path.dirname(p) if os.path.basename(p) in ("best", "last") else p)
+    return re.sub(r"-s\d+$", "", name)
+
+
+def parse_args(argv=None):
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", default="llama3b-gsm8k", choices=sorted(train.RECIPES))
+    recipe = train.RECIPES[pre.parse_known_args(argv)[0].recipe]
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="llama3b-gsm8k", choices=sorted(train.RECIPES),
+                   help="a row of train.RECIPES: sets the default model, test set, prompt and lengths")
+    g = p.add_argument_group("what to evaluate")
+    g.add_argument("--model", nargs="+", help="checkpoint folder(s) (runs/<run>/best), hub name(s), or 'toy'; "
+                   "several = seeds of one method, one table row with mean ± std (default: the recipe's model, "
+                   "none when only --metrics is given)")
+    g.add_argument("--label", help="the table row's name (default: the run folder's name without -s<seed>)")
+    g.add_argument("--dataset", help="test set: toy | gsm8k | math500 | olympiadbench | math (default: the "
+                   "recipe's: the toy test split, GSM8K test, or MATH-500 for math / deepscaler recipes)")
+    g.add_argument("--data_path", help="a local file of the test set in its hub schema (offline machines)")
+    g.add_argument("--settings", nargs="+", default=list(softcot.SETTINGS), choices=list(softcot.SETTINGS),
+                   metavar="SETTING", help=f"inference settings (default: all six: {' '.join(softcot.SETTINGS)})")
+    g.add_argument("--ood", nargs="*", help=f"out-of-domain sets (Table 2): {' '.join(MC_SPLIT)} or the toy's "
+                   f"{' '.join(TOY_OOD)}; NAME=FILE reads a local file (default: the toy's held-out skills for "
+                   "--recipe tiny, none otherwise; --ood alone: none)")
+    g = p.add_argument_group("sampling")
+    g.add_argument("--samples", type=int, default=32, help="n, samples per problem in the sample settings (paper: "
+                   "32); not --n, which torchrun's parser would take for its own --nnodes / --nproc_per_node")
+    g.add_argument("--k", type=int, nargs="+", help="pass@k to report (default: 1 2 4 ... up to n)")
+    g.add_argument("--limit", type=int, help="evaluate this many problems of each set, spread evenly (default: all; "
+                   f"{TOY_LIMIT} of the toy's 200 for --recipe tiny, for time)")
+    g.add_argument("--batch", type=int, default=256, help="sequences per rollout (sample settings: batch // n "
+                   "problems x n samples); results depend on it (chunking), not on the process count")
+    g.add_argument("--max_cot_tokens", type=int, help="CoT cap (paper's evaluation: 512; default: the recipe's "
+                   "val_cot_tokens)")
+    g.add_argument("--max_answer_tokens", type=int, help="answer cap (paper: 32)")
+    g.add_argument("--prompt", choices=["paper", "toy"], help="the App. B prompt, or the toy world's short one")
+    g.add_argument("--seed", type=int, default=0, help="seed of the rollouts' noise (and of the toy test problems)")
+    g.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default="eval", help="folder for results_<label>.json, table.md and the plots")
+    g.add_argument("--plots", action="store_true", help="draw passk.png and entropy.png for every label in --out")
+    g.add_argument("--metrics", nargs="+", help="train.py metrics.jsonl file(s): draw training.png")
+    p.set_defaults(dataset=TEST_SET.get(recipe["dataset"], recipe["dataset"]), prompt=recipe["prompt"],
+                   max_cot_tokens=recipe["val_cot_tokens"], max_answer_tokens=recipe["max_answer_tokens"],
+                   limit=TOY_LIMIT if recipe["dataset"] == "toy" else None)
+    args = p.parse_args(argv)
+    if args.model is None and not args.metrics:
+        args.model = [recipe["model"]]
+    args.model = args.model or []
+    if args.ood is None:
+        args.ood = list(TOY_OOD) if recipe["dataset"] == "toy" else []
+    if min(args.samples, args.batch, args.max_cot_tokens, args.limit or 1) < 1:
+        p.error("--samples, --batch, --max_cot_tokens and --limit must be positive")
+    args.k = sorted(set(args.k or [k for k in (1, 2, 4, 8, 16, 32) if k <= args.samples]))
+    if args.k[-1] > args.samples or args.k[0] < 1:
+        p.error(f"pass@{args.k[-1]} needs n >= {args.k[-1]} samples per problem, got --samples {args.samples}: "
+                f"raise --samples or drop k > {args.samples} from --k")
+    for path in args.metrics or []:
+        if not os.path.isfile(path):
+            p.error(f"--metrics {path}: no such file; pass a run's metrics.jsonl (runs/<run>/metrics.jsonl)")
+    for path in args.model:   # a missing folder fails now, not after the first checkpoint's evaluation
+        if path != "toy" and not os.path.exists(path) and not re.fullmatch(r"[\w.-]+/[\w.-]+", path):
+            p.error(f"--model {path}: no such checkpoint folder; pass a folder written by train.py "
+                    "(runs/<run>/best), a hub name, or 'toy' (the toy base model)")
+    args.label = args.label or (default_label(args.model) if args.model else None)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rank, world, device = train.setup_distributed()
+    master = rank == 0
+    test, ood = load_sets(args) if args.model else ([], {})        # before any model: bad data fails at once
+    runs = []
+    for i, path in enumerate(args.model):
+        model, tok = train.load_model(argparse.Namespace(**(vars(args) | {"model": path})), device, rank, world)
+        runs.append(dict(model=path) | evaluate_checkpoint(args, model, tok, test, ood, rank, world,
+                                                           desc=f"{args.label}[{i}]"))
+        del model
+    if master:
+        os.makedirs(args.out, exist_ok=True)
+        if runs:
+            keep = ("recipe", "dataset", "samples", "k", "limit", "batch", "max_cot_tokens", "max_answer_tokens",
+                    "seed")
+            result = dict(label=args.label, problems=len(test), **{k: vars(args)[k] for k in keep},
+                          world_size=world, checkpoints=runs)
+            name = re.sub(r"[^\w.-]", "_", args.label)
+            with open(os.path.join(args.out, f"results_{name}.json"), "w") as f:
+                json.dump(result, f, indent=1)
+        files = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(args.out, "results_*.json")))]
+        rows = {r["label"]: r["checkpoints"] for r in files}
+        if rows:
+            sets = ", ".join(sorted({r["dataset"] for r in files}))
+            table = f"## {sets} test (Tables 3-5)\n\n{format_table(rows)}\n"
+            if any(c["ood"] for checkpoints in rows.values() for c in checkpoints):
+                table += f"\n## Out of domain (Table 2)\n\n{format_ood_table(rows)}\n"
+            open(os.path.join(args.out, "table.md"), "w").write(table)
+            print(table)
+            if args.plots:
+                plot_pass_at_k(rows, os.path.join(args.out, "passk.png"))
+                plot_entropy(rows, os.path.join(args.out, "entropy.png"))
+        if args.metrics:
+            plot_training(args.metrics, os.path.join(args.out, "training.png"))
+        print(f"wrote {args.out}/")
+    if world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""evaluate.py against independent references (subset enumeration, explicit full forwards, hand-made Rollouts,
+hand-written tables), then end to end as subprocesses: one process, and torchrun with 2 processes."""
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import evaluate
+import softcot
+import toy
+from conftest import make_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+# 4 problems x 4 samples, 8 sequences per rollout: 2 chunks per sample setting, so each rank of 2 gets one
+TINY = ["--recipe", "tiny", "--limit", "4", "--samples", "4", "--batch", "8", "--max_cot_tokens", "8",
+        "--max_answer_tokens", "4", "--label", "toy"]
+
+
+# ------------------------------------------------------------------------------------------------ pass@k
+def brute_pass_at_k(n, c, k):
+    """The fraction of size-k subsets of n samples (the first c correct) that hold a correct one."""
+    subsets = list(itertools.combinations(range(n), k))
+    return sum(any(i < c for i in s) for s in subsets) / len(subsets)
+
+
+def test_pass_at_k_matches_subset_enumeration():
+    for n in range(1, 9):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                assert evaluate.pass_at_k(n, c, k) == pytest.approx(brute_pass_at_k(n, c, k), abs=1e-12), (n, c, k)
+
+
+def test_pass_at_k_edge_cases():
+    assert evaluate.pass_at_k(32, 0, 32) == 0.0 and evaluate.pass_at_k(32, 0, 1) == 0.0      # c = 0
+    assert evaluate.pass_at_k(7, 7, 1) == 1.0 and evaluate.pass_at_k(7, 7, 7) == 1.0         # c = n
+    assert evaluate.pass_at_k(32, 1, 32) == 1.0                                               # n = k: any correct
+    assert evaluate.pass_at_k(10, 3, 1) == pytest.approx(0.3)                                 # k = 1: c / n
+    # stable where the binomials are astronomically large: 1 - C(999, 500) / C(1000, 500) = 1/2
+    assert evaluate.pass_at_k(1000, 1, 500) == pytest.approx(0.5, abs=1e-12)
+    assert evaluate.pass_at_k(1000, 20, 16) == pytest.approx(1 - math.comb(980, 16) / math.comb(1000, 16), abs=1e-12)
+    with pytest.raises(ValueError, match="at least k = 8 samples"):
+        evaluate.pass_at_k(4, 1, 8)                                                           # n < k
+    with pytest.raises(ValueError):
+        evaluate.pass_at_k(4, 5, 1)
+
+
+# ------------------------------------------------------------------------------------------------ measurements
+def test_completion_nll_matches_full_forward(tokenizer):
+    model = make_model("llama", tokenizer)
+    contexts = ["User: what is 3 + 4? Assistant:", "Natalia", "She sold 48 / 2 = 24 clips in May, so"]
+    completions = [" 3 + 4 = 7. The final answer is: \\boxed{7}", " sold", " 48 + 24 = 72 in all."]  # 3 lengths
+    got = evaluate.completion_nll(model, tokenizer, contexts, completions)
+    for i, (a, b) in enumerate(zip(contexts, completions)):
+        ctx, comp = tokenizer(a).input_ids, tokenizer(b, add_special_tokens=False).input_ids
+        ids = ctx + comp
+        with torch.no_grad():   # one row alone: no padding, no position ids, every position's logits
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), -1)
+        want = -sum(logp[t - 1, ids[t]] for t in range(len(ctx), len(ids))) / len(comp)
+        assert got[i].item() == pytest.approx(want.item(), abs=1e-5)
+
+
+def fake_rollout(kind, entropy):
+    N, S = kind.shape
+    z = torch.zeros(N, S)
+    return softcot.Rollout(prompt_ids=torch.zeros(N, 1, dtype=torch.long), prompt_mask=torch.ones(N, 1),
+                           ids=torch.zeros(N, S, dtype=torch.long), kind=kind.to(torch.int8), cot_embeds=None,
+                           logp=z, entropy=entropy, noise_ratio=torch.zeros_like(entropy),
+                           cot_len=(kind == softcot.COT).sum(1), answer_len=(kind == softcot.ANSWER).sum(1),
+                           stop_reason=["cap"] * N, cot_text=[""] * N, answer_text=[""] * N, mode="hard", tau=1.0,
+                           sigma=0.0, answer_temperature=0.0, top_k=None, group_size=1)
+
+
+def test_cot_entropy_profile_by_hand():
+    C, F, A, P = softcot.COT, softcot.PREFILL, softcot.ANSWER, softcot.PAD
+    kind = torch.tensor([[C, C, C, F, A],
+                         [C, F, A, P, P],
+                         [C, C, F, A, A]])
+    entropy = torch.tensor([[1.0, 2.0, 3.0],          # 9 = a value outside the CoT: must not count
+                            [4.0, 9.0, 9.0],
+                            [5.0, 6.0, 9.0]])
+    sums, counts = evaluate.cot_entropy(fake_rollout(kind, entropy))
+    assert counts.tolist() == [3, 2, 1]
+    assert (sums / counts).tolist() == pytest.approx([(1 + 4 + 5) / 3, (2 + 6) / 2, 3 / 1])
+
+
+def test_multiple_choice_grading():
+    row = {"question": "Which is a gas?", "choices": ["iron", "steam", "ice"], "label": 1, "answer": "steam"}
+    assert evaluate.mc_question(row) == "Which is a gas?\nA. iron\nB. steam\nC. ice"
+    for answer in (" \\boxed{B}", " \\boxed{(b)}", " \\boxed{B.}", " \\boxed{\\text{B}}", " \\boxed{Steam.}"):
+        assert evaluate.mc_correct(answer, row), answer
+    for answer in (" \\boxed{A}", " \\boxed{iron}", " B", " \\boxed{}"):
+        assert not evaluate.mc_correct(answer, row), answer
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def fake(hg, hs, hs32, acc, nll):
+    return {"settings": {"hard_greedy": {"pass@1": hg}, "hard_sample": {"pass@1": hs, "pass@2": hs, "pass@32": hs32}},
+            "ood": {"arc": {"accuracy": acc, "nll": nll, "problems": 10}}}
+
+
+def test_tables_mean_and_std_over_seeds():
+    rows = {"no finetune": [fake(0.714, 0.45, 0.968, 0.7279, 2.86)],
+            "gsm8k fuzzy": [fake(0.70, 0.60, 0.90, 0.70, 2.0), fake(0.80, 0.70, 1.00, 0.80, 3.0)]}
+    lines = evaluate.format_table(rows).splitlines()
+    assert lines[0] == "| model | HG | HS | HS32 | FG | FS | FS32 | SG | SS | SS32 |"
+    assert lines[2] == "| no finetune | 71.4 | 45.0 | 96.8 | – | – | – | – | – | – |"
+    # mean 75, sample std of (70, 80) = 7.07
+    assert lines[3] == "| gsm8k fuzzy | 75.0±7.1 | 65.0±7.1 | 95.0±7.1 | – | – | – | – | – | – |"
+    lines = evaluate.format_ood_table(rows).splitlines()
+    assert lines[0] == "| model | arc acc | arc NLL |"
+    assert lines[2:] == ["| no finetune | 72.8 | 2.86 |", "| gsm8k fuzzy | 75.0±7.1 | 2.50±0.71 |"]
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A toy base model from a very short supervised run (the real one takes minutes)."""
+    return toy.base_model(seed=0, steps=20, cache_dir=str(tmp_path_factory.mktemp("cache")))
+
+
+def run(args, torchrun=False):
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if torchrun
+           else [sys.executable]) + ["evaluate.py"] + args
+    p = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+def results(out):
+    r = json.load(open(os.path.join(out, "results_toy.json")))
+    for c in r["checkpoints"]:
+        c.pop("seconds")
+    return r
+
+
+@pytest.fixture(scope="module")
+def one_process(base, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one")
+    metrics = out / "run-a" / "metrics.jsonl"
+    metrics.parent.mkdir()
+    metrics.write_text("\n".join(json.dumps(m) for m in (     # train.py's format: val_acc on some steps only
+        {"step": 0, "val_acc": 0.4},
+        {"step": 1, "reward": 30.0, "accuracy": 0.3, "grad_norm": 5.0, "cot_entropy": 0.5},
+        {"step": 2, "reward": 40.0, "accuracy": 0.4, "grad_norm": 4.0, "cot_entropy": 0.4, "val_acc": 0.5})) + "\n")
+    p = run(TINY + ["--model", base, "--out", str(out), "--plots", "--metrics", str(metrics)])
+    return str(out), p
+
+
+def test_smoke_writes_results_table_and_plots(one_process):
+    out, p = one_process
+    r = results(out)
+    assert (r["problems"], r["samples"], r["k"], r["world_size"]) == (4, 4, [1, 2, 4], 1)
+    c = r["checkpoints"][0]
+    assert list(c["settings"]) == list(softcot.SETTINGS) and c["sigma"] > 0
+    for name, got in c["settings"].items():
+        n = 4 if name.endswith("_sample") else 1
+        counts = c["correct"][name]
+        assert len(counts) == 4 and all(0 <= x <= n for x in counts)
+        assert got["pass@1"] == pytest.approx(sum(counts) / (4 * n))                 # pass@1 = mean accuracy
+        if n > 1:
+            assert got["pass@4"] == pytest.approx(sum(x > 0 for x in counts) / 4)     # pass@n = any correct
+        assert 0 < len(c["entropy"][name]) <= 8 and min(c["entropy"][name]) >= 0      # CoT cap 8
+    assert set(c["ood"]) == {"test_mul", "test_expr"}                                 # tiny: held-out skills
+    assert all(v["problems"] == 4 and v["nll"] > 0 and 0 <= v["accuracy"] <= 1 for v in c["ood"].values())
+    table = open(os.path.join(out, "table.md")).read()
+    assert "| model | HG | HS | HS4 | FG | FS | FS4 | SG | SS | SS4 |" in table
+    assert "| toy | " in table and "test_mul acc" in table and table in p.stdout
+    import matplotlib.pyplot as plt
+    for png in ("passk.png", "entropy.png", "training.png"):
+        assert plt.imread(os.path.join(out, png)).ndim == 3
+
+
+def test_torchrun_equals_one_process(one_process, base, tmp_path):
+    run(TINY + ["--model", base, "--out", str(tmp_path)], torchrun=True)
+    one, two = results(one_process[0]), results(str(tmp_path))
+    assert two.pop("world_size") == 2 and one.pop("world_size") == 1
+    assert two == one                                                  # exactly: floats included
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--model", "no/such/checkpoint"], "no such checkpoint folder"),
+    (["--model", "toy", "--settings", "hard_greedy", "fuzzy_gready"], "invalid choice: 'fuzzy_gready'"),
+    (["--model", "toy", "--samples", "4", "--k", "1", "8"], "pass@8 needs n >= 8"),
+    (["--model", "toy", "--ood", "hellaswag=no/such/file.jsonl"], "could not load 'hellaswag'"),
+], ids=["missing-checkpoint", "unknown-setting", "n<k", "missing-dataset"])
+def test_clear_errors(argv, msg, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:        # SystemExit with a message, not a traceback from deeper down
+        evaluate.main(["--recipe", "tiny", "--out", str(tmp_path)] + argv)
+    assert msg in capsys.readouterr().err + str(e.value.code)
