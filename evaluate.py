@@ -55,6 +55,7 @@ import zlib
 
 import torch
 import torch.distributed as dist
+from matplotlib.figure import Figure   # no pyplot: no global backend switch, works headless and in notebooks
 from tqdm import tqdm
 
 import data
@@ -308,20 +309,13 @@ def format_ood_table(rows):
 
 
 # ------------------------------------------------------------------------------------------------ plots
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")                   # files only: works on machines without a display
-    import matplotlib.pyplot as plt
-    return plt
-
-
 COLORS = {"hard": "tab:red", "fuzzy": "tab:blue", "soft": "tab:green"}
 
 
 def plot_entropy(rows, path):
     """Fig. 4 / App. G.3: the CoT entropy profile of each setting, one panel per label, seeds by opacity."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 3.5), squeeze=False, sharey=True)
+    fig = Figure(figsize=(5 * len(rows), 3.5))
+    axes = fig.subplots(1, len(rows), squeeze=False, sharey=True)
     for ax, (label, runs) in zip(axes[0], rows.items()):
         for name, (mode, _, _) in softcot.SETTINGS.items():
             for i, r in enumerate(runs):
@@ -332,13 +326,12 @@ def plot_entropy(rows, path):
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_pass_at_k(rows, path):
     """Fig. 3: sample pass@k against k for each sample setting, one panel per label, mean ± std over seeds."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 3.5), squeeze=False, sharey=True)
+    fig = Figure(figsize=(4.5 * len(rows), 3.5))
+    axes = fig.subplots(1, len(rows), squeeze=False, sharey=True)
     for ax, (label, runs) in zip(axes[0], rows.items()):
         ks = sorted({int(key[5:]) for r in runs for s in r["settings"].values() for key in s})
         for mode in MODES:
@@ -353,7 +346,6 @@ def plot_pass_at_k(rows, path):
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 CURVES = (("reward", "training reward"), ("accuracy", "training accuracy"), ("val_acc", "greedy validation accuracy"),
@@ -362,21 +354,29 @@ CURVES = (("reward", "training reward"), ("accuracy", "training accuracy"), ("va
 
 def plot_training(paths, path):
     """Fig. 2: training curves from train.py's metrics.jsonl files, one line per run (named by its folder)."""
-    plt = _pyplot()
     runs = {os.path.basename(os.path.dirname(os.path.abspath(p))): [json.loads(x) for x in open(p) if x.strip()]
             for p in paths}
     curves = [(k, t) for k, t in CURVES if any(k in m for ms in runs.values() for m in ms)]
-    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
+    fig = Figure(figsize=(4 * len(curves), 3.2))
+    axes = fig.subplots(1, len(curves), squeeze=False)
     for ax, (key, title) in zip(axes[0], curves):
         for label, ms in runs.items():
             pts = [(m["step"], m[key]) for m in ms if key in m]
-            if pts:
-                ax.plot(*zip(*pts), marker="o" if key == "val_acc" else None, ms=3, lw=1, label=label)
+            if not pts:
+                continue
+            if key == "val_acc":        # a few points: draw them as they are
+                ax.plot(*zip(*pts), marker="o", ms=3, lw=1, label=label)
+                continue
+            # per-step values of a 64-sequence batch are noisy: a faint raw line, and its trailing 10-step
+            # median (robust to the gradient norm's spikes)
+            steps, vals = zip(*pts)
+            line, = ax.plot(steps, vals, lw=0.6, alpha=0.3)
+            smooth = [statistics.median(vals[max(0, i - 9):i + 1]) for i in range(len(vals))]
+            ax.plot(steps, smooth, lw=1.5, color=line.get_color(), label=label)
         ax.set(title=title, xlabel="step", yscale="log" if key == "grad_norm" else "linear")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -69,6 +69,7 @@ import json
 import os
 import re
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -216,6 +217,9 @@ def _serve() -> None:
             raise failures[0]
         return False
 
+    # Ctrl-C (or a notebook kernel's shutdown) reaches the whole process group: the parent handles it, and
+    # this worker ends when its stdin closes, without printing a KeyboardInterrupt traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     replies.write("ready\n")
     replies.flush()
     for line in sys.stdin:
