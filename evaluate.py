@@ -303,7 +303,7 @@ def format_ood_table(rows):
         for n in names:
             got = [r["ood"][n] for r in runs if n in r["ood"]]
             cells += [mean_std([g["accuracy"] for g in got]) if got else "–",
-                      mean_std([g["nll"] for g in got], scale=1.0, digits=2) if got else "–"]
+                      mean_std([g["nll"] for g in got], scale=1.0, digits=3) if got else "–"]
         lines.append(cells)
     return _markdown(head, lines)
 

@@ -114,7 +114,7 @@ def test_tables_mean_and_std_over_seeds():
     assert lines[3] == "| gsm8k fuzzy | 75.0±7.1 | 65.0±7.1 | 95.0±7.1 | – | – | – | – | – | – |"
     lines = evaluate.format_ood_table(rows).splitlines()
     assert lines[0] == "| model | arc acc | arc NLL |"
-    assert lines[2:] == ["| no finetune | 72.8 | 2.86 |", "| gsm8k fuzzy | 75.0±7.1 | 2.50±0.71 |"]
+    assert lines[2:] == ["| no finetune | 72.8 | 2.860 |", "| gsm8k fuzzy | 75.0±7.1 | 2.500±0.707 |"]
 
 
 # ------------------------------------------------------------------------------------------------ end to end
