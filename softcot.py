@@ -39,6 +39,7 @@ Decisions where the paper is silent (PAPER.md §6), each also stated where it is
   others. Hard tokens are drawn by inverse CDF from that one uniform.
 """
 
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -100,6 +101,14 @@ def gaussian_logprob(h, mean, sigma):
     return -(_fp32(h) - _fp32(mean)).pow(2).sum(-1) / (2 * sigma**2)
 
 
+# The exact sparse path of the mixture (fuzzy mode). At tau = 1e-4 the fp32 softmax is exactly one-hot unless the
+# top logits lie within ~0.01 of each other (exp underflows to 0 below about -104), so p E needs the rows of E at the
+# few nonzero p_i only, not a (V x d) matmul. bench.py sets SPARSE_MIXTURE = False to time the plain path.
+SPARSE_MIXTURE = True
+SPARSE_MAX_K = 8          # look for the nonzero p_i among the top 8 logits of each row
+SPARSE_MAX_TAU = 0.1      # the paper's fuzzy taus (App. F.3); at soft's 0.5 every p_i > 0: looking cost 3-6% (bench.py)
+
+
 def mixture(logits, E, tau, top_k=None):
     """Eq. 5: the soft token h0 = p E with p = softmax(logits / tau), over the full vocabulary.
 
@@ -108,6 +117,8 @@ def mixture(logits, E, tau, top_k=None):
     ("softmax extended by continuity", Sec. 3). `top_k` keeps the k largest logits before the softmax:
     an ablation (Soft Thinking's mixture), not the paper's method.
     Gradient flows into the logits (through p) and into E.
+    When tau <= SPARSE_MAX_TAU and every row has fewer than SPARSE_MAX_K nonzero p_i (fuzzy mode: almost always
+    one), only those are mixed (`_sparse_mixture`): the same value up to summation order, and the same gradient.
     """
     logits = _fp32(logits)
     if top_k is not None:
@@ -115,8 +126,33 @@ def mixture(logits, E, tau, top_k=None):
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if tau == 0:
         return _fp32(E[logits.argmax(-1)])
+    if SPARSE_MIXTURE and tau <= SPARSE_MAX_TAU and logits.numel():
+        h = _sparse_mixture(logits, E, tau)
+        if h is not None:
+            return h
     p = torch.softmax(logits / tau, dim=-1)              # (..., V) fp32
     return _fp32(p.to(E.dtype) @ E)                      # (..., d)
+
+
+def _sparse_mixture(logits, E, tau):
+    """p E summed over the p_i that are not exactly 0, or None if some row may have SPARSE_MAX_K or more of them.
+
+    The dense softmax computes p_i = exp(z_i - max z) / sum_j exp(z_j - max z) with z = logits / tau; where
+    exp(z_i - max z) underflows to exactly 0, p_i is 0 and adds nothing to p E, to the normaliser, or to the
+    gradient (d p_i / d logits = p_i (...) = 0, and E's gradient p_i * g reaches only rows with p_i > 0). So the
+    softmax over the top k logits, k = the largest count of non-underflowing entries over rows (checked per row),
+    mixes exactly the same terms, up to summation order.
+    """
+    top = logits.topk(min(SPARSE_MAX_K, logits.shape[-1]), dim=-1)         # (..., K), largest first
+    z = top.values / tau                                                   # the dense path's z_i, bit for bit
+    # exp(x) rounds to 0 below log(smallest subnormal / 2); one nat of margin keeps every entry it might not
+    fin = torch.finfo(z.dtype)
+    alive = z - z[..., :1] > math.log(fin.tiny * fin.eps) - 1.0            # (..., K); fp32: z - max z > -104.3
+    k = int(alive.sum(-1).max())
+    if k == top.values.shape[-1]:         # a row's nonzero entries may go on past the top K: use the dense path
+        return None
+    p = torch.softmax(z[..., :k], dim=-1)                                  # (..., k): the nonzero p_i (and 0s)
+    return _fp32((p.to(E.dtype).unsqueeze(-2) @ E[top.indices[..., :k]]).squeeze(-2))   # (..., d)
 
 
 def sample_tokens(logits, temperature, u):
