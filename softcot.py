@@ -37,6 +37,8 @@ Decisions where the paper is silent (PAPER.md §6), each also stated where it is
 - Every random number is drawn for all N rows at every step (one uniform and one d-vector per row), so a
   row's draws depend only on (seed, row, step): rows that finish and leave the batch change nothing for the
   others. Hard tokens are drawn by inverse CDF from that one uniform.
+- Speed, same semantics: at tau <= 0.1 (fuzzy) `mixture` mixes only the rows of E whose p_i does not underflow
+  to exactly 0 (`_sparse_mixture`; `SPARSE_MIXTURE = False` gives the dense matmul; bench.py measures both).
 """
 
 import math

@@ -222,6 +222,17 @@ def test_train_loads_the_smol_model_and_problems(path, tmp_path):
     assert len(tr) == 50 and len(val) == 100 and val[0]["question"].startswith("What is")
 
 
+def test_evaluate_reads_the_smol_test_set(tmp_path):
+    import evaluate
+    test, ood = evaluate.load_sets(evaluate.parse_args(["--recipe", "smol"]))
+    gold = [toy.gold(r) for r in toy.make_rows(200, 0, split="test")]                # the toy test split, in English
+    assert [it["answer"] for it in test] == gold and not ood
+    assert all(it["prompt"].startswith("<|im_start|>system") for it in test)       # the recipe's chat prompt
+    toy.write_jsonl([{"question": "What is 2 plus 2?", "answer": "#### 4"}], tmp_path / "t.jsonl")
+    test, _ = evaluate.load_sets(evaluate.parse_args(["--recipe", "smol", "--data_path", str(tmp_path / "t.jsonl")]))
+    assert [it["answer"] for it in test] == ["4"]
+
+
 # ---------------------------------------------------------------- the KV-cached rollout on the real model
 @pytest.mark.parametrize("mode", softcot.MODES)
 def test_cached_rollout_equals_full_forward(model, tok, mode):
