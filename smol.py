@@ -30,14 +30,10 @@ loses 2 pens. How many pens does Ann have now?") and the worked answer written a
 """
 
 import argparse
-import hashlib
 import importlib.metadata
 import importlib.util
-import json
 import os
 import re
-import shutil
-import tempfile
 import time
 
 import torch
@@ -94,14 +90,11 @@ def model_path(cache_dir=None):
     a killed conversion leaves nothing half written; reloading it takes ~1 s instead of the GGUF's ~15-30 s.
     """
     folder = gguf_folder()
-    root = cache_dir or os.environ.get("SOFTCOT_CACHE") or os.path.expanduser("~/.cache/softcot")
     settings = dict(package=PACKAGE, version=importlib.metadata.version(PACKAGE), gguf=GGUF_FILE,
                     size=os.path.getsize(os.path.join(folder, GGUF_FILE)), tokenizer=TOKENIZER_FIX)
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    path = os.path.join(root, f"smollm2-135m-instruct-{digest}")
+    path = toy.cache_path("smollm2-135m-instruct", settings, cache_dir)
     if os.path.isdir(path):
         return path
-    os.makedirs(root, exist_ok=True)
     print(f"converting {GGUF_FILE} (once) -> {path}", flush=True)
     t0 = time.time()
     gguf_model, tok = load_gguf()
@@ -116,16 +109,8 @@ def model_path(cache_dir=None):
     eos_id = tok.convert_tokens_to_ids(EOS)
     for c in (model.config, model.generation_config):
         c.eos_token_id, c.pad_token_id = eos_id, eos_id
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=root)
-    os.chmod(tmp, 0o755)               # mkdtemp makes it private; the cache is an ordinary folder
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    with open(os.path.join(tmp, "smol.json"), "w") as f:   # where this model came from, for readers
-        json.dump(settings | dict(seconds=round(time.time() - t0, 1)), f, indent=1)
-    try:
-        os.rename(tmp, path)
-    except OSError:                    # another process finished the same conversion first: keep theirs
-        shutil.rmtree(tmp)
+    toy.save_atomically(path, model, tok, "smol.json",    # where this model came from, for readers
+                        settings | dict(seconds=round(time.time() - t0, 1)))
     print(f"SmolLM2-135M-Instruct ready in {time.time() - t0:.0f}s", flush=True)
     return path
 

@@ -277,33 +277,46 @@ def base_model(seed=0, cache_dir=None, *, steps=STEPS, batch_size=BATCH, lr=LR, 
     """
     if not 0 <= held_out_frac <= 1 / len(HELD_OUT):
         raise ValueError(f"held_out_frac is the share of each held-out skill: 0 to {1 / len(HELD_OUT)}")
-    root = cache_dir or os.environ.get("SOFTCOT_CACHE") or os.path.expanduser("~/.cache/softcot")
     settings = dict(seed=seed, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                     held_out_frac=held_out_frac, model=MODEL, prompt=TOY_PROMPT,
                     vocab=sorted(make_tokenizer().get_vocab().items(), key=lambda kv: kv[1]),
                     sample=[make_rows(2, 0, s, "sft") for s in SKILLS])
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    path = os.path.join(root, f"toy-base-s{seed}-{digest}")
+    path = cache_path(f"toy-base-s{seed}", settings, cache_dir)
     if os.path.isdir(path):
         return path
-    os.makedirs(root, exist_ok=True)
     print(f"making the toy base model ({steps} supervised steps of {batch_size}, "
           f"{torch.get_num_threads()} threads) -> {path}", flush=True)
     t0 = time.time()
     model, tok = train_sft(seed, steps, batch_size, lr, warmup, held_out_frac)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=root)
+    settings.update(train_seconds=round(time.time() - t0, 1), threads=torch.get_num_threads())
+    save_atomically(path, model, tok, "toy.json",    # how this model was made, for readers
+                    {k: v for k, v in settings.items() if k not in ("vocab", "sample")})
+    print(f"toy base model ready in {time.time() - t0:.0f}s", flush=True)
+    return path
+
+
+def cache_path(name, settings, cache_dir=None):
+    """`<cache_dir>/<name>-<hash of settings>`; cache_dir defaults to $SOFTCOT_CACHE, else ~/.cache/softcot.
+    Changing any setting names a new folder, so a cached model is never stale."""
+    root = cache_dir or os.environ.get("SOFTCOT_CACHE") or os.path.expanduser("~/.cache/softcot")
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return os.path.join(root, f"{name}-{digest}")
+
+
+def save_atomically(path, model, tok, notes_name, notes):
+    """Write model + tokenizer (+ a JSON of notes) to a temporary folder beside `path`, then rename it into place:
+    a killed run leaves nothing half written, and of two processes making the same folder the first one wins."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(path))
     os.chmod(tmp, 0o755)               # mkdtemp makes it private; the cache is an ordinary folder
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    settings.update(train_seconds=round(time.time() - t0, 1), threads=torch.get_num_threads())
-    with open(os.path.join(tmp, "toy.json"), "w") as f:    # how this model was made, for readers
-        json.dump({k: v for k, v in settings.items() if k not in ("vocab", "sample")}, f, indent=1)
+    with open(os.path.join(tmp, notes_name), "w") as f:
+        json.dump(notes, f, indent=1)
     try:
         os.rename(tmp, path)
-    except OSError:                    # another process finished the same model first: keep theirs
+    except OSError:                    # another process finished the same folder first: keep theirs
         shutil.rmtree(tmp)
-    print(f"toy base model ready in {time.time() - t0:.0f}s", flush=True)
-    return path
 
 
 # ------------------------------------------------------------------------ sanity prints (not the evaluation)

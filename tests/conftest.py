@@ -4,6 +4,7 @@ Nothing is downloaded. The tokenizer is byte-level BPE (like Llama 3 and Qwen), 
 the paper's format, so `The final answer is:` spans several tokens whose boundaries depend on context.
 """
 import os
+import subprocess
 import sys
 
 import pytest
@@ -11,8 +12,28 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 torch.set_num_threads(1)   # tests are tiny; one thread avoids oversubscription when run in parallel
+# subprocesses: one thread each (two of them may share the 2 cores), offline
+ENV = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+
+
+def run_script(script, args, torchrun=False):
+    """`python script args` (or under torchrun with 2 processes) from the repository root; fails with its output."""
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if torchrun
+           else [sys.executable]) + [script] + args
+    p = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory):
+    """A toy base model from a very short supervised run (the real one takes minutes), shared by the end-to-end
+    tests of train.py and evaluate.py."""
+    import toy
+    return toy.base_model(seed=0, steps=20, cache_dir=str(tmp_path_factory.mktemp("cache")))
 
 CORPUS = [
     "Natalia sold 48 clips in April and half as many in May. How many clips did she sell?",

@@ -4,8 +4,6 @@ import itertools
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,10 +11,8 @@ import torch
 import evaluate
 import softcot
 import toy
-from conftest import make_model
+from conftest import make_model, run_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
 # 4 problems x 4 samples, 8 sequences per rollout: 2 chunks per sample setting, so each rank of 2 gets one
 TINY = ["--recipe", "tiny", "--limit", "4", "--samples", "4", "--batch", "8", "--max_cot_tokens", "8",
         "--max_answer_tokens", "4", "--label", "toy"]
@@ -118,18 +114,8 @@ def test_tables_mean_and_std_over_seeds():
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """A toy base model from a very short supervised run (the real one takes minutes)."""
-    return toy.base_model(seed=0, steps=20, cache_dir=str(tmp_path_factory.mktemp("cache")))
-
-
 def run(args, torchrun=False):
-    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if torchrun
-           else [sys.executable]) + ["evaluate.py"] + args
-    p = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return p
+    return run_script("evaluate.py", args, torchrun)
 
 
 def results(out):

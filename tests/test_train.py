@@ -9,25 +9,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import toy
+from conftest import ENV, ROOT, run_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
 TINY = ["--recipe", "tiny", "--prompts_per_step", "2", "--samples", "2", "--max_cot_tokens", "16",
         "--val_cot_tokens", "16", "--val_size", "8", "--val_every", "2", "--micro_batch", "2"]
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """A toy base model from a very short supervised run (the real one takes minutes)."""
-    return toy.base_model(seed=0, steps=20, cache_dir=str(tmp_path_factory.mktemp("cache")))
-
-
 def run(args, torchrun=False):
-    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if torchrun
-           else [sys.executable]) + ["train.py"] + args
-    p = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return p
+    return run_script("train.py", args, torchrun)
 
 
 def params(folder):
