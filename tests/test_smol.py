@@ -202,11 +202,17 @@ def test_eos_inside_the_cot_ends_it_with_the_longer_prefill(tiny, tok, monkeypat
 
 
 # ---------------------------------------------------------------- the recipe's prompt, model and data in train.py
-def test_chat_prompt_is_the_tokenizers_chat_template(tok):
+def test_smol_prompts_are_the_tokenizers_chat_template(tok):
     chat = tok.apply_chat_template([{"role": "user", "content": data.format_prompt(QUESTION)}], tokenize=False,
                                    add_generation_prompt=True)
     assert train.prompt_text(Namespace(prompt="smol-chat"), QUESTION) == chat
     assert tok(chat).input_ids[:2] == [tok.convert_tokens_to_ids("<|im_start|>"), ids(tok, "system")[0]]
+    # the recipe's prompt: App. B's instruction (verbatim, without its format sentence) as the system turn
+    system = tok.apply_chat_template([{"role": "system", "content": smol.INSTRUCTION},
+                                      {"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True)
+    assert train.prompt_text(Namespace(prompt=train.RECIPES["smol"]["prompt"]), QUESTION) == system
+    assert data.PROMPT.startswith(smol.INSTRUCTION) and smol.INSTRUCTION.endswith("final answer in \\boxed{}.")
+    assert "[answer]" not in system and "[answer]" in chat
 
 
 def test_train_loads_the_smol_model_and_problems(path, tmp_path):
