@@ -10,7 +10,6 @@ import torch
 
 import evaluate
 import softcot
-import toy
 from conftest import make_model, run_script
 
 # 4 problems x 4 samples, 8 sequences per rollout: 2 chunks per sample setting, so each rank of 2 gets one
