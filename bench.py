@@ -26,6 +26,8 @@ Markdown tables on stdout; every number also goes to --out (JSON).
    scaled_dot_product_attention over the vocabulary: query the final hidden state h, keys the output embeddings
    W, values the input embeddings E) against the plain path (soft). softcot does not use the attention read: it
    measured slower here (README).
+5. The precision policy: fp32 LM-head logits (softcot.FP32Head) against bf16 ones, under bf16 autocast over fp32
+   master weights, in a fuzzy rollout and in the re-scoring step.
 
 Timing: torch.set_num_threads(--threads, default 1). Each variant runs once to warm up, then --repeats rounds run
 every variant of a table in turn (interleaved, so background load hits all alike); a figure is the median of its
@@ -38,6 +40,7 @@ is deterministic, so it is measured once.
 """
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -245,6 +248,33 @@ def bench_rescore(model, tok, sz, sigma, device):
     return out
 
 
+def bench_precision(model, tok, sz, sigma, device):
+    """Table 5: the precision policy's cost. fp32 master weights under bf16 autocast (train.py's GPU default), with
+    the LM head in fp32 (softcot.FP32Head: fp32 logits for the mixture, the shadow argmax and the log-probs) against
+    the same model with a plain head (bf16 logits): a fuzzy rollout, and the re-scoring step (forward + backward)."""
+    master = copy.deepcopy(model).float()
+    n, m, cot = sz["score_rows"], sz["micro"], sz["cot"]
+    texts = prompts(n, sz["prompt"], len(tok), seed=2)
+    ctx = torch.autocast(device, dtype=torch.bfloat16)
+
+    def head(cls, fn):
+        def run():
+            master.lm_head.__class__ = cls
+            with ctx:
+                return fn()
+        return run
+    ro = head(softcot.FP32Head, lambda: roll(master, tok, texts, "fuzzy", cot, sigma))()
+    for p in master.parameters():
+        p.grad = torch.zeros_like(p)
+    fns = {}
+    for name, cls in (("bf16 head", torch.nn.Linear), ("fp32 head", softcot.FP32Head)):
+        fns[f"rollout, {name}"] = head(cls, lambda: roll(master, tok, texts, "fuzzy", cot, sigma))
+        fns[f"re-score, {name}"] = head(cls, lambda: rescore_step(master, ro, m))
+    out = dict(seconds=timings(fns, sz["repeats"], device))
+    del master
+    return out
+
+
 def bench_mixture(model, sz, device):
     """Table 4: the mixture alone. Rollout step: from given logits (rows, V), as the rollout has them. Re-scoring:
     from final hidden states (micro x cot, d) through h W^T, forward and backward, as sequence_logprobs does."""
@@ -315,7 +345,8 @@ def main(argv=None):
         sigma = softcot.noise_sigma(model)
         res[shape] = dict(pE_share=mixture_share(shape), rollout=bench_rollout(model, tok, sz, sigma, device),
                           rescore=bench_rescore(model, tok, sz, sigma, device),
-                          mixture=bench_mixture(model, sz, device))
+                          mixture=bench_mixture(model, sz, device),
+                          precision=bench_precision(model, tok, sz, sigma, device))
         print(f"[{shape} done]", flush=True)
         del model
     print_tables(res, sz)
@@ -380,6 +411,14 @@ def print_tables(res, sz):
                  "soft attention")]:
             print(f"| {s} | {what} | {n} | {med(t, plain) * 1e3:.2f} | {med(t, fast) * 1e3:.2f} | "
                   f"{ratio(t, plain, fast):.2f} |")
+    print(f"\n5. The LM head in fp32 (softcot.FP32Head) vs bf16, under bf16 autocast over fp32 weights: fuzzy rollout "
+          f"({sz['score_rows']} rows, CoT {sz['cot']}) and re-scoring step (micro-batch {sz['micro']}), seconds\n")
+    print("| shape | what | bf16 head s | fp32 head s | fp32 / bf16 |\n|---|---|---|---|---|")
+    for s, r in res.items():
+        t = r["precision"]["seconds"]
+        for what in ("rollout", "re-score"):
+            print(f"| {s} | {what} | {med(t, what + ', bf16 head'):.3f} | {med(t, what + ', fp32 head'):.3f} | "
+                  f"{ratio(t, what + ', fp32 head', what + ', bf16 head'):.2f} |")
 
 
 if __name__ == "__main__":

@@ -424,7 +424,8 @@ def parse_args(argv=None):
     g.add_argument("--max_answer_tokens", type=int, help="answer cap (paper: 32)")
     g.add_argument("--prompt", choices=list(train.PROMPTS), help=train.PROMPT_HELP)
     g.add_argument("--seed", type=int, default=0, help="seed of the rollouts' noise (and of the toy test problems)")
-    g.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="weights: auto = bf16 on GPU, fp32 on CPU; the LM head computes in fp32 either way")
     g = p.add_argument_group("output")
     g.add_argument("--out", default="eval", help="folder for results_<label>.json, table.md and the plots")
     g.add_argument("--plots", action="store_true", help="draw passk.png and entropy.png for every label in --out")
@@ -462,7 +463,8 @@ def main(argv=None):
     test, ood = load_sets(args) if args.model else ([], {})        # before any model: bad data fails at once
     runs = []
     for i, path in enumerate(args.model):
-        model, tok = train.load_model(argparse.Namespace(**(vars(args) | {"model": path})), device, rank, world)
+        model, tok = train.load_for_inference(argparse.Namespace(**(vars(args) | {"model": path})), device, rank,
+                                              world)
         runs.append(dict(model=path) | evaluate_checkpoint(args, model, tok, test, ood, rank, world,
                                                            desc=f"{args.label}[{i}]"))
         del model

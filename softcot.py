@@ -94,6 +94,52 @@ def _fp32(x):
     return x if x.dtype == torch.float64 else x.float()
 
 
+# ------------------------------------------------------------------------------------------------ precision
+# On a GPU the transformer computes in bf16 (train.py: autocast over fp32 master weights, or FSDP's bf16 compute).
+# The CoT must not: at tau = 1e-4 the mixture p = softmax(logits / tau) amplifies a logit difference of one bf16
+# step (2^-8 relative, ~0.03 for a logit of 8) into a factor e^300, so bf16 logits make the top two tokens tie or
+# swap between the KV-cached rollout and the full-forward re-score. So the LM head (the logits that feed Eq. 5, the
+# shadow argmax and every log-probability) and the mixture p E run in fp32, from the bf16 final hidden state.
+class FP32Head(torch.nn.Linear):
+    """An LM head that computes its logits in fp32 whatever the autocast or parameter dtype: (..., d) -> (..., V)."""
+
+    def forward(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            bias = None if self.bias is None else self.bias.float()
+            return F.linear(x.float(), self.weight.float(), bias)   # .float() is free on fp32 master weights
+
+
+def use_fp32_head(model):
+    """Make `model`'s LM head an FP32Head, in place; returns the model.
+
+    The module keeps its parameters (so tied embeddings stay tied), its name and its state-dict keys, so checkpoints
+    stay plain Hugging Face folders; only its class changes, to nn.Linear's fp32 subclass. A no-op in fp32.
+    """
+    head = unwrap(model).get_output_embeddings()
+    if type(head) is torch.nn.Linear:
+        head.__class__ = FP32Head
+    elif not isinstance(head, FP32Head):
+        raise TypeError(f"the LM head is a {type(head).__name__}, not an nn.Linear: fp32 CoT logits need a plain "
+                        "linear head (Llama, Qwen2, Mistral, ...)")
+    return model
+
+
+def drifted_steps(lp, ro, tol):
+    """(N, S) bool: the sampled steps whose re-scored log-prob `lp` differs from the rollout's own by more than `tol`.
+
+    The rollout (KV cache, one token at a time) and the re-score (one full forward) are two computations of the same
+    policy; in fp32 they agree to ~1e-3 nats per step, in bf16 they can disagree by tens of nats where the fuzzy
+    mixture's top two logits nearly tie. The sample then came from a distribution the re-score does not describe, and
+    its 1/sigma-sized score would set the update's direction on its own. The RL literature calls this the
+    training/inference (or sampler/learner) mismatch; its remedies weight each token by the importance ratio
+    pi_learner / pi_sampler, truncated ("truncated importance sampling") or zeroed beyond a threshold ("masked
+    importance sampling"). We do the second, per step: train.py leaves these steps out of the loss and counts them
+    (`rescore_mismatch`). Only sampled positions (CoT and answer) are compared; prefill and padding are 0 in both.
+    """
+    scored = (ro.kind == COT) | (ro.kind == ANSWER)                             # (N, S)
+    return scored & ((lp.detach() - ro.logp).abs() > tol)
+
+
 def gaussian_logprob(h, mean, sigma):
     """Eq. 10: log N(h; mean, sigma^2 I_d) = -||h - mean||^2 / (2 sigma^2) - (d/2) log(2 pi sigma^2).
 
@@ -133,7 +179,8 @@ def mixture(logits, E, tau, top_k=None):
         if h is not None:
             return h
     p = torch.softmax(logits / tau, dim=-1)              # (..., V) fp32
-    return _fp32(p.to(E.dtype) @ E)                      # (..., d)
+    with torch.autocast(E.device.type, enabled=False):   # fp32 master E stays fp32 under autocast (see FP32Head)
+        return _fp32(p.to(E.dtype) @ E)                  # (..., d)
 
 
 def _sparse_mixture(logits, E, tau):
@@ -154,7 +201,8 @@ def _sparse_mixture(logits, E, tau):
     if k == top.values.shape[-1]:         # a row's nonzero entries may go on past the top K: use the dense path
         return None
     p = torch.softmax(z[..., :k], dim=-1)                                  # (..., k): the nonzero p_i (and 0s)
-    return _fp32((p.to(E.dtype).unsqueeze(-2) @ E[top.indices[..., :k]]).squeeze(-2))   # (..., d)
+    with torch.autocast(E.device.type, enabled=False):
+        return _fp32((p.to(E.dtype).unsqueeze(-2) @ E[top.indices[..., :k]]).squeeze(-2))   # (..., d)
 
 
 def sample_tokens(logits, temperature, u):

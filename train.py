@@ -33,9 +33,10 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import data
+import memory
 import rewards
 import rloo
 import smol
@@ -108,13 +109,31 @@ def parse_args(argv=None):
     g.add_argument("--stop_after", type=int, default=None,
                    help="pause after this step (saving <out>/last); --resume continues the same schedule")
     g.add_argument("--seed", type=int, default=0, help="seed of everything random (data order, rollouts, toy model)")
-    g.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16")
+    g = p.add_argument_group("precision and memory (the policy: see `precision` below)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="dtype of the weights the optimizer steps (master weights). bfloat16 halves their memory but "
+                        "rounds away most AdamW updates at the paper's learning rates (an update below half a bf16 "
+                        "step of its weight is lost): the run then trains far less than its logs suggest")
+    g.add_argument("--compute_dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="dtype of the transformer's matmuls: auto = bfloat16 on GPU, float32 on CPU. The LM head, "
+                        "the CoT mixture and every log-probability stay fp32 whatever this says")
+    g.add_argument("--fsdp", action="store_true",
+                   help="shard parameters, gradients and optimizer states over the processes (FSDP2); needed for "
+                        "Llama-3.1-8B on 80 GB GPUs (the memory plan printed at start says when)")
+    g.add_argument("--grad_ckpt", action="store_true",
+                   help="activation checkpointing in the re-scoring forward: less memory, ~1/3 more compute")
+    g.add_argument("--rescore_tol", type=float, default=1.0,
+                   help="leave out of the loss any sampled step whose re-scored log-prob differs from the "
+                        "rollout's by more than this many nats (numerical drift; counted as rescore_mismatch)")
     p.set_defaults(**RECIPES[recipe])
     args = p.parse_args(argv)
     if args.mode not in softcot.MODES:
         p.error(f"--mode {args.mode!r}: use one of {', '.join(softcot.MODES)}")
     if args.tau is None:
         args.tau = softcot.TRAIN_TAU[args.mode]
+    if args.dtype == "bfloat16" and args.compute_dtype == "float32":
+        p.error("--compute_dtype float32 with --dtype bfloat16: bf16 weights cannot compute in fp32; "
+                "use --dtype float32 (the default)")
     args.out = args.out or f"runs/{args.recipe}-{args.mode}-s{args.seed}"
     return args
 
@@ -132,9 +151,10 @@ def setup_distributed():
     return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if cuda else "cpu")
 
 
-def load_model(args, device, rank, world):
+def model_path(args, rank, world):
+    """args.model as a loadable path: 'toy' and 'smol' are made (or found) by rank 0 first, then read by all."""
     path = args.model
-    if path == "toy":   # rank 0 makes (or finds) the cached base model first; the others then load it
+    if path == "toy":
         if rank == 0:
             toy.base_model(seed=args.seed)
         if world > 1:
@@ -149,18 +169,149 @@ def load_model(args, device, rank, world):
             path = smol.model_path()
         except RuntimeError as e:
             raise SystemExit(str(e))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ precision
+# The precision policy. The optimizer steps fp32 master weights (--dtype): in bf16, an AdamW update smaller than
+# half a bf16 step of its weight (~0.4% of it) rounds away, and at lr 3e-6 to 8e-6 most updates are that small.
+# The transformer computes in bf16 on GPU (--compute_dtype): autocast over the fp32 weights, or FSDP's bf16
+# compute copies. The LM head, the mixture p E and every log-probability are fp32 (softcot.FP32Head: at
+# tau = 1e-4 a bf16 logit's rounding decides the token). CPU runs everything in fp32 unless told otherwise.
+def dtypes(args, device):
+    master = getattr(torch, args.dtype)
+    compute = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32,
+               "float32": torch.float32, "bfloat16": torch.bfloat16}[args.compute_dtype]
+    return master, compute
+
+
+def compute_context(device, compute, fsdp):
+    """Autocast to the compute dtype around forwards (not backwards); FSDP casts its parameters itself."""
+    return torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32 and not fsdp)
+
+
+class Scorer(torch.nn.Module):
+    """The re-score (softcot.sequence_logprobs, Eq. 9-10, 13) as one module forward. The mixture p E uses E outside
+    the Hugging Face model's own forward, so DDP and FSDP must wrap this, not the model, to see that use of E."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, ro):
+        return softcot.sequence_logprobs(self.lm, ro)                              # (n, S) fp32
+
+
+def load_error(path, e):
+    return SystemExit(f"could not load model {path!r} ({type(e).__name__}: {str(e).splitlines()[0]}).\n"
+                      "Gated models need `huggingface-cli login` and an accepted licence; offline machines need "
+                      "a local folder (--model PATH). For an offline run of the whole method: --recipe tiny")
+
+
+def load_for_inference(args, device, rank, world):
+    """(model, tok) for evaluation: no optimizer, so the weights are in the compute dtype (--dtype auto: bf16 on GPU)
+    with the fp32 head of the precision policy."""
+    path = model_path(args, rank, world)
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32,
              "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        model = softcot.use_fp32_head(AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device))
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"could not load model {path!r} ({type(e).__name__}: {str(e).splitlines()[0]}).\n"
-                         "Gated models need `huggingface-cli login` and an accepted licence; offline machines need "
-                         "a local folder (--model PATH). For an offline run of the whole method: --recipe tiny")
-    if tok.pad_token is None:       # Llama 3 ships without one; pads are masked, so any id works
+        raise load_error(path, e)
+    if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok
+
+
+def load_model(args, path, device, rank, world):
+    """(lm, scorer, rollout_lm, tok). lm: the Hugging Face model the optimizer steps (fp32 master weights);
+    scorer: what the loss calls (DDP or FSDP around Scorer(lm)); rollout_lm: what generates (lm itself, or under
+    FSDP a full compute-dtype copy on every rank, refreshed after each update by `sync_rollout_model`)."""
+    master, compute = dtypes(args, device)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        if args.fsdp:
+            lm, scorer, rollout_lm = load_fsdp(args, path, device, rank, master, compute)
+        else:
+            lm = AutoModelForCausalLM.from_pretrained(path, dtype=master).to(device)
+    except (OSError, ValueError) as e:
+        raise load_error(path, e)
+    if not args.fsdp:
+        softcot.use_fp32_head(lm)
+        scorer = Scorer(lm)
+        if world > 1:   # gradient_as_bucket_view: the gradients live in DDP's buckets, not in a second copy
+            scorer = torch.nn.parallel.DistributedDataParallel(scorer, gradient_as_bucket_view=True)
+        rollout_lm = lm
+    if args.grad_ckpt:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if tok.pad_token is None:       # Llama 3 ships without one; pads are masked, so any id works
+        tok.pad_token = tok.eos_token
+    return lm, scorer, rollout_lm, tok
+
+
+# ------------------------------------------------------------------------------------------------ FSDP2
+# --fsdp: every decoder layer, then the rest (embeddings, final norm, head), is sharded over the P processes:
+# each holds 1/P of the fp32 weights, gradients and AdamW states, and gathers a layer's full bf16 weights only
+# while it computes with it (MixedPrecisionPolicy; gradients are reduced in fp32). Rollouts do not go through the
+# shards: rows stop at different steps on different ranks, and a sharded forward needs every rank to take part
+# in every step. Each rank instead generates with a plain full copy of the model in the compute dtype (2 bytes a
+# parameter in bf16), refreshed from the shards after every update, so a rollout has no collective and cannot
+# hang. Every collective of a step (the refresh, the rewards, each micro-batch's forward and backward) runs the
+# same number of times on every rank: each holds N / P rows (checked at start).
+def fsdp_layers(lm):
+    try:
+        return list(softcot.unwrap(lm).model.layers)
+    except AttributeError:
+        raise SystemExit(f"--fsdp shards each decoder layer at model.layers; {type(lm).__name__} has none")
+
+
+def load_fsdp(args, path, device, rank, master, compute):
+    """Rank 0 reads the checkpoint; the others build the model's shape without memory, and the weights are
+    broadcast into everyone's shards. Returns (lm, scorer, rollout_lm)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    config = AutoConfig.from_pretrained(path)
+    full = AutoModelForCausalLM.from_pretrained(path, dtype=master) if rank == 0 else None
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(config, dtype=master)
+    softcot.use_fp32_head(lm)
+    scorer = Scorer(lm)
+    policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
+    for layer in fsdp_layers(lm):
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(scorer, mp_policy=policy)
+    scorer.to_empty(device=device)
+    state = {f"lm.{k}": v for k, v in full.state_dict().items()} if rank == 0 else {}
+    set_model_state_dict(scorer, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    # buffers that no checkpoint holds (rotary frequencies) were left uninitialised on the meta device
+    ref = dict(full.named_buffers()) if rank == 0 else {}
+    for name, buf in lm.named_buffers():
+        if rank == 0:
+            buf.copy_(ref[name])
+        dist.broadcast(buf, src=0)
+    del full, state
+    with torch.device("meta"):
+        rollout_lm = AutoModelForCausalLM.from_config(config, dtype=compute)
+    rollout_lm.to_empty(device=device).eval().requires_grad_(False)
+    rollout_lm.tie_weights()   # to_empty gives a tied E two separate tensors; FSDP's own to_empty keeps the tie
+    for (name, buf), (_, src) in zip(rollout_lm.named_buffers(), lm.named_buffers()):
+        buf.copy_(src)
+    softcot.use_fp32_head(rollout_lm)
+    sync_rollout_model(lm, rollout_lm)
+    return lm, scorer, rollout_lm
+
+
+@torch.no_grad()
+def sync_rollout_model(lm, rollout_lm):
+    """Copy the sharded master weights into the rollout copy: one all-gather per tensor, the same order on every
+    rank (named_parameters lists a tied E once in both models). A no-op without FSDP (they are one model)."""
+    if rollout_lm is lm:
+        return
+    for (name, p), (rname, q) in zip(lm.named_parameters(), rollout_lm.named_parameters(), strict=True):
+        assert name == rname, (name, rname)
+        q.copy_(p.full_tensor())
 
 
 def load_problems(args):
@@ -199,42 +350,54 @@ def all_sum(t, world):
     return t
 
 
-def policy_gradient_step(model, ddp_model, opt, ro, adv, num_global, world, micro_batch, grad_clip):
+def policy_gradient_step(model, scorer, opt, ro, adv, num_global, world, micro_batch, grad_clip, ctx=nullcontext(),
+                         rescore_tol=float("inf")):
     """Eq. 14-15 on this rank's rollouts: accumulate -P * sum(A * l) / N over micro-batches, then one update.
 
-    ro: this rank's Rollout (n rows); adv: (n,) advantages. DDP averages gradients over the P ranks, and the
-    factor P in rloo_loss makes that average the single-process gradient of Eq. 15 (rloo.py). Returns the
-    gradient norm before clipping, and whether the update was applied (False if it was not finite).
+    ro: this rank's Rollout (n rows); adv: (n,) advantages. DDP and FSDP average gradients over the P ranks, and the
+    factor P in rloo_loss makes that average the single-process gradient of Eq. 15 (rloo.py). Steps whose re-scored
+    log-prob drifted from the rollout's by more than rescore_tol are left out (softcot.drifted_steps). Returns the
+    gradient norm before clipping, whether the update was applied (False if not finite), and the drifted steps.
     """
     n = len(adv)
     chunks = [list(range(i, min(i + micro_batch, n))) for i in range(0, n, micro_batch)]
+    ddp = isinstance(scorer, torch.nn.parallel.DistributedDataParallel)
+    drifted = 0
     for k, rows in enumerate(chunks):
         last = k == len(chunks) - 1
-        sync = nullcontext() if (last or ddp_model is model) else ddp_model.no_sync()   # sync on the last only
-        with sync:
+        # DDP all-reduces on the last micro-batch only. FSDP reduce-scatters each one: accumulating its unsharded
+        # gradients instead would hold a full model's worth of them in bf16.
+        with scorer.no_sync() if ddp and not last else nullcontext():
             mb = ro.select(rows)
-            logp = softcot.sequence_logprobs(ddp_model, mb).sum(-1)                    # (m,) Eq. 13
+            with ctx:
+                lp = scorer(mb)                                                        # (m, S) Eq. 9-10
+            drift = softcot.drifted_steps(lp, mb, rescore_tol)                         # (m, S) bool
+            drifted += int(drift.sum())
+            logp = lp.masked_fill(drift, 0.0).sum(-1)                                  # (m,) Eq. 13
             loss = rloo.rloo_loss(logp, adv[rows], num_global, world)                  # Eq. 14
             loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
-    ok = bool(torch.isfinite(norm))    # grads are all-reduced, so every rank sees the same norm and decision
+    if hasattr(norm, "full_tensor"):   # FSDP: a DTensor, already the norm over all shards
+        norm = norm.full_tensor()
+    ok = bool(torch.isfinite(norm))    # grads are reduced, so every rank sees the same norm and decision
     if ok:
         opt.step()
     opt.zero_grad(set_to_none=True)
-    return norm.item(), ok
+    return norm.item(), ok, drifted
 
 
 @torch.no_grad()
-def validate(args, model, tok, val, rank, world):
+def validate(args, model, tok, val, rank, world, ctx=nullcontext()):
     """Greedy validation (Sec. 4): hard = greedy CoT; soft/fuzzy = CoT at the training tau without noise;
     answers greedy. Sharded over ranks, counts all-reduced."""
     mine = val[rank::world]
     correct = torch.zeros(2, device=model.device)
     for i in range(0, len(mine), 256):
         rows = mine[i:i + 256]
-        ro = softcot.rollout(model, tok, [prompt_text(args, r["question"]) for r in rows], mode=args.mode,
-                             tau=0.0 if args.mode == "hard" else args.tau, max_cot_tokens=args.val_cot_tokens,
-                             max_answer_tokens=args.max_answer_tokens, answer_temperature=0.0, top_k=args.top_k)
+        with ctx:
+            ro = softcot.rollout(model, tok, [prompt_text(args, r["question"]) for r in rows], mode=args.mode,
+                                 tau=0.0 if args.mode == "hard" else args.tau, max_cot_tokens=args.val_cot_tokens,
+                                 max_answer_tokens=args.max_answer_tokens, answer_temperature=0.0, top_k=args.top_k)
         s = rewards.score(ro.answer_text, [r["answer"] for r in rows])
         correct += torch.tensor([sum(s.correct), len(rows)], device=model.device, dtype=torch.float)
     c = all_sum(correct, world)
@@ -242,11 +405,12 @@ def validate(args, model, tok, val, rank, world):
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(path, model, tok, state=None):
-    """A plain Hugging Face folder (+ trainer_state.pt), written to a temp folder then renamed: atomic."""
+def save_checkpoint(path, lm, tok, state=None, weights=None):
+    """A plain Hugging Face folder (+ trainer_state.pt), written to a temp folder then renamed: atomic.
+    weights: the full state dict gathered from FSDP shards (None: lm's own)."""
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    lm.save_pretrained(tmp, state_dict=weights)
     tok.save_pretrained(tmp)
     if state is not None:
         torch.save(state, os.path.join(tmp, "trainer_state.pt"))
@@ -255,6 +419,25 @@ def save_checkpoint(path, model, tok, state=None):
         os.replace(path, path + ".old")
     os.replace(tmp, path)
     shutil.rmtree(path + ".old", ignore_errors=True)
+
+
+def gather_state(args, scorer, opt, with_optimizer):
+    """(weights, optimizer state) as full tensors on rank 0, for a checkpoint. Without FSDP they are the model's
+    own and opt.state_dict(); under FSDP every rank must call this (it gathers the shards) and rank 0 gets them."""
+    if not args.fsdp:
+        return None, opt.state_dict() if with_optimizer else None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = {k.removeprefix("lm."): v for k, v in get_model_state_dict(scorer, options=full).items()}
+    return weights, get_optimizer_state_dict(scorer, opt, options=full) if with_optimizer else None
+
+
+def load_optimizer_state(args, scorer, opt, state):
+    if not args.fsdp:
+        return opt.load_state_dict(state)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(scorer, opt, state if dist.get_rank() == 0 else {},
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 def main(argv=None):
@@ -268,12 +451,24 @@ def main(argv=None):
     if N % world:
         raise SystemExit(f"the global batch ({args.prompts_per_step} prompts x {args.samples} samples = {N}) must "
                          f"be divisible by the number of processes ({world})")
+    if args.fsdp and world == 1:
+        print0("--fsdp on one process: nothing to shard; running it anyway (the same code path as on 8 GPUs)")
     last_dir, best_dir = os.path.join(args.out, "last"), os.path.join(args.out, "best")
     if args.resume and not os.path.exists(os.path.join(last_dir, "trainer_state.pt")):
         raise SystemExit(f"--resume: no checkpoint at {last_dir}; start without --resume")
     torch.manual_seed(args.seed)
 
-    model, tok = load_model(args, device, rank, world)
+    path = last_dir if args.resume else model_path(args, rank, world)
+    try:   # the plan needs only the config: a run that cannot fit stops before any weight is read
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise load_error(path, e)
+    plan = memory.plan(config, args, world, device)
+    print0(memory.describe(plan))
+    if plan["total"] > plan["device"]:
+        raise SystemExit(memory.advice(plan, args))
+    model, scorer, rollout_lm, tok = load_model(args, path, device, rank, world)
+    ctx = compute_context(device, dtypes(args, device)[1], args.fsdp)
     train_rows, val = load_problems(args)
     emb = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
     groups = [[p for p in model.parameters() if id(p) not in emb], [p for p in model.parameters() if id(p) in emb]]
@@ -282,12 +477,12 @@ def main(argv=None):
     warm = args.warmup
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else
                                               0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, args.steps - warm))))
-    sigma = softcot.noise_sigma(model, args.gamma) if args.mode != "hard" else 0.0   # once, from the base model
+    # once, from the base model (the rollout model: under FSDP the only one with the whole of E on each rank)
+    sigma = softcot.noise_sigma(rollout_lm, args.gamma) if args.mode != "hard" else 0.0
     start, best, skipped = 0, -1.0, 0
     if args.resume:
-        model.load_state_dict(AutoModelForCausalLM.from_pretrained(last_dir, dtype=model.dtype).state_dict())
         st = torch.load(os.path.join(last_dir, "trainer_state.pt"), weights_only=False)
-        opt.load_state_dict(st["optimizer"])
+        load_optimizer_state(args, scorer, opt, st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         start, best, skipped, sigma = st["step"], st["best"], st["skipped"], st["sigma"]
         if master:   # drop log lines of steps after the checkpoint (the killed run's tail): they are redone
@@ -295,7 +490,6 @@ def main(argv=None):
                 path = os.path.join(args.out, name)
                 keep = [x for x in open(path) if json.loads(x)["step"] <= start] if os.path.exists(path) else []
                 open(path, "w").writelines(keep)
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     rows_mine = rloo.rank_slice(N, rank, world)
     print0(json.dumps(vars(args), indent=1))
@@ -308,10 +502,11 @@ def main(argv=None):
         json.dump(vars(args) | {"sigma": sigma, "world_size": world}, open(os.path.join(args.out, "config.json"), "w"),
                   indent=1)
     if start == 0:
-        best = validate(args, model, tok, val, rank, world)
+        best = validate(args, rollout_lm, tok, val, rank, world, ctx)
         print0(f"step 0 (base model): greedy validation accuracy {best:.3f}")
+        weights, _ = gather_state(args, scorer, opt, with_optimizer=False)
         if master:
-            save_checkpoint(best_dir, model, tok)
+            save_checkpoint(best_dir, model, tok, weights=weights)
             with open(os.path.join(args.out, "metrics.jsonl"), "w") as f:
                 f.write(json.dumps({"step": 0, "val_acc": best}) + "\n")
             open(os.path.join(args.out, "samples.jsonl"), "w").close()
@@ -324,10 +519,11 @@ def main(argv=None):
         prompts = [prompt_text(args, batch[i // args.samples]["question"]) for i in range(N)][rows_mine]
         golds = [batch[i // args.samples]["answer"] for i in range(N)][rows_mine]
         gen = torch.Generator(device).manual_seed(args.seed * 1_000_003 + step * 1_009 + rank)
-        model.eval()
-        ro = softcot.rollout(model, tok, prompts, mode=args.mode, tau=args.tau, sigma=sigma,
-                             max_cot_tokens=args.max_cot_tokens, max_answer_tokens=args.max_answer_tokens,
-                             answer_temperature=args.answer_temperature, top_k=args.top_k, generator=gen)
+        model.eval()   # eval() for the rollout: no dropout in the policy that samples (Llama has none; others may)
+        with ctx:
+            ro = softcot.rollout(rollout_lm, tok, prompts, mode=args.mode, tau=args.tau, sigma=sigma,
+                                 max_cot_tokens=args.max_cot_tokens, max_answer_tokens=args.max_answer_tokens,
+                                 answer_temperature=args.answer_temperature, top_k=args.top_k, generator=gen)
         t1 = time.time()
         # ---- 2-3. rewards (Eq. 11), all-gathered so each rank can form the leave-one-out baselines (Eq. 12)
         sc = rewards.score(ro.answer_text, golds)
@@ -338,9 +534,10 @@ def main(argv=None):
         t2 = time.time()
         # ---- 4-5. re-score with gradient and update (Eq. 14-15)
         model.train()
-        gnorm, ok = policy_gradient_step(model, ddp_model, opt, ro, adv, N, world, args.micro_batch,
-                                         args.grad_clip)
-        sched.step()
+        gnorm, ok, drifted = policy_gradient_step(model, scorer, opt, ro, adv, N, world, args.micro_batch,
+                                                  args.grad_clip, ctx, args.rescore_tol)
+        sync_rollout_model(model, rollout_lm)   # FSDP: the next rollout samples from the updated weights
+        sched.step()   # a skipped update still advances the schedule: the step count is the data's, not Adam's
         skipped += not ok
         t3 = time.time()
 
@@ -349,18 +546,22 @@ def main(argv=None):
         stats = torch.tensor([sum(sc.correct), sum(sc.boxed), sc.grader_errors,
                               sum(r == "cap" for r in ro.stop_reason), sum(r == "eos" for r in ro.stop_reason),
                               ro.cot_len.sum().item(), ro.answer_len.sum().item(),
-                              (ro.entropy.sum(1) / cot).sum().item(), (ro.noise_ratio.sum(1) / cot).sum().item()],
+                              (ro.entropy.sum(1) / cot).sum().item(), (ro.noise_ratio.sum(1) / cot).sum().item(),
+                              drifted],
                              device=device, dtype=torch.float64)
         stats = (all_sum(stats, world) / N).tolist()
         m = dict(step=step + 1, lr=sched.get_last_lr()[0], reward=r_all.mean().item(), accuracy=stats[0],
                  boxed=stats[1], grader_errors=stats[2] * N, cap_rate=stats[3], eos_rate=stats[4],
                  cot_len=stats[5], answer_len=stats[6], cot_entropy=stats[7], noise_ratio=stats[8],
                  zero_adv_frac=rloo.zero_advantage_fraction(r_all), grad_norm=gnorm, skipped=skipped,
+                 rescore_mismatch=round(stats[9] * N),
                  t_rollout=t1 - t0, t_reward=t2 - t1, t_update=t3 - t2)
         if (step + 1) % args.val_every == 0 or step + 1 == args.steps:
-            m["val_acc"] = validate(args, model, tok, val, rank, world)
-            if m["val_acc"] > best and master:
-                save_checkpoint(best_dir, model, tok)
+            m["val_acc"] = validate(args, rollout_lm, tok, val, rank, world, ctx)
+            if m["val_acc"] > best:
+                weights, _ = gather_state(args, scorer, opt, with_optimizer=False)   # every rank, under FSDP
+                if master:
+                    save_checkpoint(best_dir, model, tok, weights=weights)
             best = max(best, m["val_acc"])
             m["val_best"] = best
         if master:
@@ -371,13 +572,17 @@ def main(argv=None):
                                         answer=ro.answer_text[0], reward=sc.rewards[0], gold=golds[0],
                                         stop=ro.stop_reason[0])) + "\n")
             bar.set_postfix(reward=f"{m['reward']:.1f}", acc=f"{m['accuracy']:.2f}", val=f"{best:.2f}",
-                            gnorm=f"{gnorm:.3g}", cot=f"{m['cot_len']:.0f}")
+                            gnorm=f"{gnorm:.3g}", cot=f"{m['cot_len']:.0f}",
+                            **({"mismatch": m["rescore_mismatch"]} if m["rescore_mismatch"] else {}))
         pause = step + 1 == args.stop_after
-        if master and ((step + 1) % args.save_every == 0 or step + 1 == args.steps or pause):
-            save_checkpoint(last_dir, model, tok, dict(optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                                                       step=step + 1, best=best, skipped=skipped, sigma=sigma))
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps or pause:
+            weights, opt_state = gather_state(args, scorer, opt, with_optimizer=True)
+            if master:
+                save_checkpoint(last_dir, model, tok, dict(optimizer=opt_state, scheduler=sched.state_dict(),
+                                                           step=step + 1, best=best, skipped=skipped, sigma=sigma),
+                                weights=weights)
         if world > 1:
-            dist.barrier()
+            dist.barrier()   # the other ranks wait for rank 0's checkpoint, so a kill never finds them a step ahead
         if pause:
             print0(f"paused after step {step + 1}: continue with the same command and --resume")
             break

@@ -1,11 +1,15 @@
-"""One policy-gradient update from a fixed global batch of rollouts, on 1 process or under torchrun.
+"""One policy-gradient update from a fixed global batch of rollouts, on 1 process or under torchrun (DDP or FSDP2).
 
-    python tests/ddp_step.py OUT.pt                               # reference: one process
-    torchrun --nproc_per_node 2 tests/ddp_step.py OUT.pt          # two ranks (gloo), sequences sharded
+    python tests/ddp_step.py OUT.pt DIR [--untied]                        # reference: one process
+    torchrun --nproc_per_node 2 tests/ddp_step.py OUT.pt DIR              # two ranks (gloo, DDP), sequences sharded
+    torchrun --nproc_per_node 2 tests/ddp_step.py OUT.pt DIR --fsdp       # two ranks, parameters sharded (FSDP2)
 
 Every rank builds the same tiny model and the same global rollout (B = 3 prompts x G = 2 samples, so with
-2 ranks prompt 1's group straddles them), takes its rank's rows, and calls train.policy_gradient_step with
-micro-batches of 2. Rank 0 saves the updated parameters. SGD keeps the update linear in the gradient, so any
+2 ranks prompt 1's group straddles them); rank 0 saves the model to DIR, and every rank loads it through
+train.load_model (the code path of a real run), takes its rank's rows, and calls train.policy_gradient_step with
+micro-batches of 2. Under FSDP the ranks first generate rollouts of different lengths with the rollout copy (rank
+0's rows stop after one CoT token, rank 1's run 12): a collective inside a rollout would hang there. Rank 0 saves
+the updated parameters (gathered from the shards under FSDP). SGD keeps the update linear in the gradient, so any
 gradient error shows (Adam's first step would hide a scale error).
 """
 import os
@@ -21,9 +25,15 @@ import softcot  # noqa: E402
 import train  # noqa: E402
 from conftest import make_model, make_tokenizer  # noqa: E402
 
+out, folder, flags = sys.argv[1], sys.argv[2], sys.argv[3:]
 rank, world, device = train.setup_distributed()
 tok = make_tokenizer()
-model = make_model("llama", tok, tied=True)
+model = make_model("llama", tok, tied="--untied" not in flags)
+if rank == 0:
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+if world > 1:
+    dist.barrier()
 B, G = 3, 2
 prompts = ["User: what is 3 + 4? Assistant:", "Natalia sold", "She sold 48 / 2 = 24 clips"]
 ro = softcot.rollout(model, tok, prompts, mode="soft", tau=0.5, sigma=softcot.noise_sigma(model), num_samples=G,
@@ -31,12 +41,23 @@ ro = softcot.rollout(model, tok, prompts, mode="soft", tau=0.5, sigma=softcot.no
                      generator=torch.Generator().manual_seed(0))
 adv = rloo.rloo_advantages(torch.tensor([[100.0, 0.0], [10.0, 100.0], [0.0, 10.0]])).view(-1)
 mine = rloo.rank_slice(B * G, rank, world)
-ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-norm, ok = train.policy_gradient_step(model, ddp_model, opt, ro.select(list(range(B * G))[mine]), adv[mine],
-                                      B * G, world, micro_batch=2, grad_clip=0.0)
+
+args = train.parse_args(["--recipe", "tiny"] + (["--fsdp"] if "--fsdp" in flags else []))
+lm, scorer, rollout_lm, _ = train.load_model(args, folder, device, rank, world)
+if args.fsdp:   # ranks that stop at different steps: the rollout must not wait for the other rank
+    softcot.rollout(rollout_lm, tok, prompts[:1], mode="soft", tau=0.5, sigma=0.1, num_samples=2,
+                    max_cot_tokens=1 if rank == 0 else 12, max_answer_tokens=1 if rank == 0 else 4)
+opt = torch.optim.SGD(lm.parameters(), lr=1e-3)
+norm, ok, drifted = train.policy_gradient_step(lm, scorer, opt, ro.select(list(range(B * G))[mine]), adv[mine],
+                                               B * G, world, micro_batch=2, grad_clip=0.0)
+weights, _ = train.gather_state(args, scorer, opt, with_optimizer=False)
+train.sync_rollout_model(lm, rollout_lm)
 if rank == 0:
-    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()} | {"_norm": torch.tensor(norm)},
-               sys.argv[1])
+    state = weights if weights is not None else lm.state_dict()
+    # under FSDP the rollout copy was refreshed from the shards: it must hold the updated weights too
+    copy = {k: v.detach().clone() for k, v in rollout_lm.state_dict().items()}
+    torch.save({k: v.detach().clone() for k, v in state.items()} | {"_norm": torch.tensor(norm),
+                                                                     "_drifted": torch.tensor(drifted),
+                                                                     "_copy": copy}, out)
 if world > 1:
     dist.destroy_process_group()

@@ -216,8 +216,8 @@ def test_smol_prompts_are_the_tokenizers_chat_template(tok):
 
 
 def test_train_loads_the_smol_model_and_problems(path, tmp_path):
-    args = Namespace(**train.RECIPES["smol"] | dict(dtype="auto", out=str(tmp_path), seed=0, data_path=None))
-    model, tok = train.load_model(args, torch.device("cpu"), 0, 1)
+    args = train.parse_args(["--recipe", "smol", "--out", str(tmp_path)])
+    model, _, _, tok = train.load_model(args, train.model_path(args, 0, 1), torch.device("cpu"), 0, 1)
     assert model.name_or_path == path and tok.eos_token == "<|im_end|>"
     tr, val = train.load_problems(args)
     assert len(tr) + len(val) == 4000 and len(val) == args.val_size

@@ -1,0 +1,161 @@
+"""
+memory.py: the memory plan. Bytes per GPU that a training run will need, printed by train.py before it loads any
+weights, so that a run that cannot fit stops at once with the flag that fixes it, not after minutes of loading.
+
+Paper: Butt et al., "Soft Tokens, Hard Truths" (arXiv 2509.19170), Sec. 4 / App. D: Llama-3.2-3B, Llama-3.1-8B and
+Qwen-2.5-3B trained on one node of 8 x 80 GB GPUs. The plan counts, for one process:
+- parameters, gradients and the two AdamW states, all in the master dtype (fp32: 4 + 4 + 8 = 16 bytes per
+  parameter), divided by the process count under --fsdp;
+- the compute-dtype copies: autocast's cached bf16 weights (DDP), or under FSDP the full bf16 rollout copy on
+  every rank plus the gathered bf16 weights of the layers being computed;
+- the larger of the two phases' working memory: the rollout (KV cache of this rank's N / P rows, fp32 logits of
+  one step) and the re-score of one micro-batch (activations saved for backward, fp32 logits over the answer and
+  CoT positions, the mixture's p at soft CoT steps).
+The static parts are exact (a test checks them against the tensors torch allocates); activations are an estimate
+from the tensors a Llama layer saves for backward (a test compares it with the profiler on a small model).
+
+    python memory.py                                     # the paper's three models on 8 x 80 GB, DDP and FSDP
+    python memory.py --model meta-llama/Llama-3.1-8B-Instruct --world 8 --fsdp --gpu_gb 80 --micro_batch 2
+"""
+
+import argparse
+import os
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+# Published shapes of the paper's models, so that the plan needs no download (memory.py's table, the README).
+PAPER_MODELS = {
+    "meta-llama/Llama-3.2-3B-Instruct": LlamaConfig(
+        vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+        num_key_value_heads=8, tie_word_embeddings=True),
+    "meta-llama/Llama-3.1-8B-Instruct": LlamaConfig(
+        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, tie_word_embeddings=False),
+    "Qwen/Qwen2.5-3B-Instruct": Qwen2Config(
+        vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+        num_key_value_heads=2, tie_word_embeddings=True),
+}
+PROMPT_TOKENS = 512     # the longest prompt we plan for: App. B's prompt with a long MATH problem stays below it
+PREFILL_TOKENS = 16     # " The final answer is: \boxed{" in any of these vocabularies
+GiB = 2**30
+
+
+def shape(config):
+    """(parameters, parameters of the largest decoder layer, of the embedding matrices), counted on the meta device:
+    exact for any architecture, tied embeddings counted once, no memory used."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    layer = max(sum(p.numel() for p in m.parameters()) for m in model.model.layers)
+    emb = {id(model.get_input_embeddings().weight): model.get_input_embeddings().weight.numel(),
+           id(model.get_output_embeddings().weight): model.get_output_embeddings().weight.numel()}
+    return total, layer, sum(emb.values())
+
+
+def plan(config, args, world, device):
+    """Bytes per process for `args` (train.py's flags) on `world` processes; 'device' is what the device has."""
+    n_param, n_layer, n_emb = shape(config)
+    master = 2 if args.dtype == "bfloat16" else 4
+    bf16 = args.compute_dtype == "bfloat16" or (args.compute_dtype == "auto" and device.type == "cuda")
+    compute = 2 if (bf16 or master == 2) else 4
+    shards = world if args.fsdp else 1
+    d, V, L = config.hidden_size, config.vocab_size, config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
+    kv = config.num_key_value_heads * head_dim
+    ff = config.intermediate_size
+
+    p = {}
+    p["parameters"] = -(-n_param // shards) * master
+    p["gradients"] = p["parameters"]
+    p["optimizer"] = 2 * p["parameters"]                     # AdamW's exp_avg and exp_avg_sq, in the master dtype
+    if args.fsdp:      # the rollout copy + the gathered embeddings/head + two gathered layers (one prefetched)
+        p["compute copies"] = (n_param + (n_emb + 2 * n_layer if shards > 1 else 0)) * compute
+    else:              # autocast keeps a bf16 copy of every weight it has cast during a forward
+        p["compute copies"] = n_param * compute if compute < master else 0
+    rows = args.prompts_per_step * args.samples // world     # this rank's rollouts
+    S = args.max_cot_tokens + PREFILL_TOKENS + args.max_answer_tokens
+    T = PROMPT_TOKENS + S
+    # rollout: K and V of every layer for each row and position; fp32 logits, softmax and cdf of one step
+    rollout = rows * T * L * 2 * kv * compute + 3 * rows * V * 4
+    # re-score: per token and layer, the tensors a Llama layer saves for backward: the two RMSNorm inputs (fp32),
+    # the normed inputs, q, k, v, attention output, the residual, gate, up, silu(gate) and their product
+    mb = min(args.micro_batch, rows)
+    per_token_layer = 8 * d + compute * (6 * d + 2 * kv + 4 * ff)
+    if args.grad_ckpt:   # only each layer's input is kept; one layer is recomputed at a time
+        acts = mb * T * (L * d * compute + per_token_layer)
+    else:
+        acts = mb * T * L * per_token_layer
+    # fp32 logits at the S generated positions: the logits, their log-softmax and its gradient; soft CoT steps
+    # add p = softmax(logits / tau) and its gradient
+    logits = mb * S * V * 4 * (3 + (2 if args.mode != "hard" else 0))
+    p["activations"] = max(rollout, acts + logits)     # the two phases do not overlap
+    p["total"] = sum(p.values())
+    p["device"] = device_bytes(device, world)
+    p["_rollout"], p["_rescore"] = rollout, acts + logits
+    return p
+
+
+def device_bytes(device, world):
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))   # CPU processes on one machine share its memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // local
+
+
+def describe(p):
+    parts = ", ".join(f"{k} {p[k] / GiB:.1f}" for k in ("parameters", "gradients", "optimizer", "compute copies"))
+    return (f"memory plan per process (GiB): {parts}, activations {p['activations'] / GiB:.1f} (rollout "
+            f"{p['_rollout'] / GiB:.1f}, re-score {p['_rescore'] / GiB:.1f}) = {p['total'] / GiB:.1f} of "
+            f"{p['device'] / GiB:.1f}")
+
+
+def advice(p, args):
+    """Why the run cannot fit, and the flags that would make it fit, in the order to try them."""
+    fixes = []
+    if not args.fsdp:
+        fixes.append("--fsdp (shards parameters, gradients and optimizer states over the processes)")
+    if p["_rescore"] >= p["_rollout"] and args.micro_batch > 1:
+        fixes.append(f"a smaller --micro_batch (now {args.micro_batch}; it only trades time for memory)")
+    if not args.grad_ckpt:
+        fixes.append("--grad_ckpt (activation checkpointing)")
+    if p["_rollout"] > p["_rescore"]:
+        fixes.append("more processes, or fewer --samples per step (the rollout holds a KV cache per row)")
+    return (f"this run needs about {p['total'] / GiB:.1f} GiB per process and the device has "
+            f"{p['device'] / GiB:.1f} GiB. Try: " + "; or ".join(fixes or ["a larger device"]))
+
+
+def table(gpu_gb=80, world=8):
+    """Markdown: the paper's recipes on `world` x `gpu_gb` GB GPUs, fp32 masters + bf16 compute, DDP and FSDP."""
+    import train
+    rows = ["| recipe | sharding | params | grads | AdamW | bf16 copies | activations | total | fits |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for recipe in ("llama3b-gsm8k", "llama3b-math", "qwen3b-math", "llama8b-gsm8k"):
+        for fsdp in (False, True):
+            args = train.parse_args(["--recipe", recipe, "--compute_dtype", "bfloat16"] + (["--fsdp"] if fsdp else []))
+            p = plan(PAPER_MODELS[args.model], args, world, torch.device("cpu"))
+            p["device"] = gpu_gb * 10**9
+            g = {k: f"{v / GiB:.1f}" for k, v in p.items()}
+            rows.append(f"| {recipe} | {'FSDP' if fsdp else 'DDP'} | {g['parameters']} | {g['gradients']} | "
+                        f"{g['optimizer']} | {g['compute copies']} | {g['activations']} | {g['total']} | "
+                        f"{'yes' if p['total'] <= p['device'] else 'no'} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="The memory plan of a training run, per process, in GiB.")
+    ap.add_argument("--gpu_gb", type=float, default=80, help="GPU memory in GB (10^9 bytes, as sold)")
+    ap.add_argument("--world", type=int, default=8, help="processes (GPUs)")
+    ap.add_argument("--model", default=None, help="a Hugging Face name or folder (default: the paper's table)")
+    args, rest = ap.parse_known_args()
+    if args.model is None:
+        print(table(args.gpu_gb, args.world))
+    else:
+        import train
+        targs = train.parse_args(["--model", args.model] + rest)
+        config = PAPER_MODELS.get(args.model) or AutoConfig.from_pretrained(args.model)
+        p = plan(config, targs, args.world, torch.device("cpu"))
+        p["device"] = int(args.gpu_gb * 10**9)
+        print(describe(p))
+        if p["total"] > p["device"]:
+            print(advice(p, targs))
