@@ -53,7 +53,7 @@ def shape(config):
     return total, layer, sum(emb.values())
 
 
-def plan(config, args, world, device):
+def plan(config, args, world, device, prompt_tokens=PROMPT_TOKENS):
     """Bytes per process for `args` (train.py's flags) on `world` processes; 'device' is what the device has."""
     n_param, n_layer, n_emb = shape(config)
     master = 2 if args.dtype == "bfloat16" else 4
@@ -75,7 +75,7 @@ def plan(config, args, world, device):
         p["compute copies"] = n_param * compute if compute < master else 0
     rows = args.prompts_per_step * args.samples // world     # this rank's rollouts
     S = args.max_cot_tokens + PREFILL_TOKENS + args.max_answer_tokens
-    T = PROMPT_TOKENS + S
+    T = prompt_tokens + S
     # rollout: K and V of every layer for each row and position; fp32 logits, softmax and cdf of one step
     rollout = rows * T * L * 2 * kv * compute + 3 * rows * V * 4
     # re-score: per token and layer, the tensors a Llama layer saves for backward: the two RMSNorm inputs (fp32),
@@ -87,12 +87,14 @@ def plan(config, args, world, device):
     else:
         acts = mb * T * L * per_token_layer
     # fp32 logits at the S generated positions: the logits, their log-softmax and its gradient; soft CoT steps
-    # add p = softmax(logits / tau) and its gradient
-    logits = mb * S * V * 4 * (3 + (2 if args.mode != "hard" else 0))
-    p["activations"] = max(rollout, acts + logits)     # the two phases do not overlap
+    # add p = softmax(logits / tau)
+    logits = mb * S * V * 4 * (3 + (args.mode != "hard"))
+    # backward: the (V, d) gradients of the embedding lookup and of the head, before they are added into E's
+    grad_tmp = 2 * V * d * 4
+    p["activations"] = max(rollout, acts + logits + grad_tmp)     # the two phases do not overlap
     p["total"] = sum(p.values())
     p["device"] = device_bytes(device, world)
-    p["_rollout"], p["_rescore"] = rollout, acts + logits
+    p["_rollout"], p["_rescore"] = rollout, acts + logits + grad_tmp
     return p
 
 

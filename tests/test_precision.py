@@ -144,3 +144,44 @@ def test_memory_plan_counts_what_torch_allocates(tokenizer):
     assert p["parameters"] == nbytes(model.parameters())
     assert p["gradients"] == nbytes(p_.grad for p_ in model.parameters())
     assert p["optimizer"] == nbytes(v for s in opt.state.values() for k, v in s.items() if k != "step")
+
+
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+def test_memory_plan_activations_against_the_profiler(mode, monkeypatch):
+    """The re-score's estimated working memory against the peak the profiler records for one micro-batch's forward
+    and backward (bench.py's measure): an estimate, so a margin: within -25% / +75%, erring high."""
+    import bench
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    V, micro, cot = 4000, 4, 32
+    vocab = {"<pad>": 0, "<unk>": 1} | {f"w{i}": i for i in range(2, V)}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", unk_token="<unk>")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=128, intermediate_size=344, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0,
+                                         bos_token_id=None, eos_token_id=None))
+    ro = bench.roll(model, tok, bench.prompts(micro, 16, V), mode, cot, 0.05)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    measured = bench.peak_memory(lambda: bench.rescore_step(model, ro, micro), "cpu")
+    args = train.parse_args(["--recipe", "tiny", "--mode", mode, "--micro_batch", str(micro), "--max_cot_tokens",
+                             str(cot), "--max_answer_tokens", "1", "--prompts_per_step", "1", "--samples", str(micro)])
+    monkeypatch.setattr(memory, "PREFILL_TOKENS", 1)                  # bench's one-token prefill
+    p = memory.plan(model.config, args, 1, torch.device("cpu"), prompt_tokens=ro.prompt_ids.shape[1])
+    assert 0.75 * measured < p["_rescore"] < 1.75 * measured, (p["_rescore"], measured)
+
+
+def test_gpu_check_step_runs_on_cpu(capsys):
+    """scripts/gpu_check.py's model step (the Llama-3.2-3B-shaped check), on CPU at the tiny shape: its code runs."""
+    import importlib.util
+    import os
+    spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(os.path.dirname(memory.__file__),
+                                                                            "scripts", "gpu_check.py"))
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    gpu_check.model_step(shape="tiny", device="cpu", rows=4, cot=6, micro=2)
+    out = capsys.readouterr().out
+    assert all(f"| {mode} |" in out for mode in softcot.MODES)
