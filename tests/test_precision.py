@@ -185,3 +185,22 @@ def test_gpu_check_step_runs_on_cpu(capsys):
     gpu_check.model_step(shape="tiny", device="cpu", rows=4, cot=6, micro=2)
     out = capsys.readouterr().out
     assert all(f"| {mode} |" in out for mode in softcot.MODES)
+
+
+def test_activation_checkpointing_gives_the_same_gradient(tokenizer):
+    """--grad_ckpt recomputes each layer in the backward: the same gradient, up to float summation order."""
+    grads = []
+    for ckpt in (False, True):
+        model = make_model("llama", tokenizer)
+        ro = softcot.rollout(model, tokenizer, ["Natalia sold", "She sold 48 / 2"], mode="soft", tau=0.5, sigma=0.05,
+                             num_samples=2, max_cot_tokens=6, max_answer_tokens=3, answer_temperature=1.0,
+                             generator=torch.Generator().manual_seed(3))
+        if ckpt:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        assert model.is_gradient_checkpointing == ckpt
+        adv = torch.tensor([1.0, -1.0, 2.0, -2.0])
+        rloo.rloo_loss(train.Scorer(model)(ro).sum(-1), adv, 4).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+    assert grads[0].norm() > 0
