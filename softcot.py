@@ -326,26 +326,76 @@ def rollout(model, tokenizer, prompts, *, mode, tau, sigma=0.0, num_samples=1, m
     model = unwrap(model)
     device = model.device
     E = model.get_input_embeddings().weight                                   # (V, d)
-    V, d = E.shape
-    G = num_samples
     soft = mode != "hard"
-    eos = _eos_ids(model, tokenizer)
-    eos_t = torch.tensor(sorted(eos), device=device)
+    eos = torch.tensor(sorted(_eos_ids(model, tokenizer)), device=device)
     if generator is None:   # seeded from torch's global RNG, so torch.manual_seed makes runs repeatable
         generator = torch.Generator(device).manual_seed(int(torch.randint(2**62, ())))
-
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
-    prompt_ids, prompt_mask = enc.input_ids.to(device), enc.attention_mask.to(device)  # (B, P)
-    B, P = prompt_ids.shape
     prefills = [tokenizer(t, add_special_tokens=False).input_ids for t in (prefill_stopped, prefill_capped)]
     max_steps = max_cot_tokens + max(map(len, prefills)) + max_answer_tokens          # S, at most
+
+    # 1. prefill: each distinct prompt once, its KV cache copied for its G samples
+    prompt_ids, prompt_mask, logits, cache = _prefill_prompts(model, tokenizer, prompts, num_samples, max_steps)
+    N = len(prompt_ids)
+    out = _Buffers.empty(N, max_steps, max_cot_tokens, E, max(map(len, prefills)), soft)
+    active = torch.arange(N, device=device)                                    # rows still generating
+    attn = prompt_mask.clone()                                                 # (n, P + s): grows each step
+    next_pos = (prompt_mask.sum(1) - 1).clamp(min=0) + 1                       # (n,) position of the next input
+
+    for s in range(max_steps):
+        # randomness for all N rows at every step, used by the active ones (rows stay independent)
+        u = (1.0 - torch.rand(N, generator=generator, device=device))[active]                  # (n,) in (0, 1]
+        eps = torch.randn(N, E.shape[1], generator=generator, device=device)[active] if soft else None
+        k = s - out.cot_len[active]                                            # step within prefill + answer
+        cot = out.in_cot[active]                                               # (n,) phase masks
+        pre = ~cot & (k < out.prefill_len[active])
+        ans = ~cot & ~pre
+        tok = torch.zeros(len(active), dtype=torch.long, device=device)       # (n,) this step's token ids
+        h = None
+        # 2. one CoT step (Eq. 4, or Eq. 5, 6, 10), 3. prefill and answer tokens
+        if cot.any():
+            tok[cot], h = _cot_step(out, active[cot], s, logits[cot], u[cot], eps[cot] if soft else None,
+                                    E, mode, tau, sigma, top_k)
+        if pre.any():
+            tok[pre] = out.prefill[active[pre], k[pre]]
+            out.ids[active[pre], s], out.kind[active[pre], s] = tok[pre], PREFILL
+        if ans.any():
+            tok[ans] = _answer_step(out, active[ans], s, logits[ans], u[ans], answer_temperature)
+        # 4. stop decisions: CoTs that end now get their prefill; answers end at EOS or the cap
+        if cot.any():
+            _end_cots(out, tokenizer, active[cot], tok[cot], s, eos, trigger, prefills, max_cot_tokens)
+        done = torch.zeros(len(active), dtype=torch.bool, device=device)
+        done[ans] = torch.isin(tok[ans], eos) | (out.answer_len[active[ans]] >= max_answer_tokens)
+        if done.all():
+            break
+        # 5. the next inputs, E[token] or h~, for the rows not done; finished rows leave the batch and the cache
+        emb = E[tok]                                                           # (n, d)
+        if h is not None:
+            emb[cot] = h
+        if done.any():
+            keep = (~done).nonzero()[:, 0]
+            cache.batch_select_indices(keep)
+            active, emb, attn, next_pos = active[keep], emb[keep], attn[keep], next_pos[keep]
+        attn = torch.cat([attn, attn.new_ones(len(active), 1)], dim=1)
+        logits = model(inputs_embeds=emb[:, None, :], attention_mask=attn, position_ids=next_pos[:, None],
+                       past_key_values=cache, use_cache=True).logits[:, -1].float()            # (n, V)
+        next_pos = next_pos + 1
+
+    return _pack(out, tokenizer, prompt_ids, prompt_mask, (prefill_stopped, prefill_capped), mode=mode, tau=tau,
+                 sigma=sigma, answer_temperature=answer_temperature, top_k=top_k, group_size=num_samples)
+
+
+def _prefill_prompts(model, tokenizer, prompts, G, max_steps):
+    """Phase 1: one forward over the B distinct prompts (left-padded), then their KV cache and last logits repeated
+    for G samples each (row b*G + g is sample g of prompt b). Returns prompt ids and mask (N, P), logits (N, V) fp32,
+    and the cache."""
+    device = model.device
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
+    prompt_ids, prompt_mask = enc.input_ids.to(device), enc.attention_mask.to(device)  # (B, P)
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and int(prompt_mask.sum(1).max()) + max_steps > limit:
         raise ValueError(f"the longest prompt ({int(prompt_mask.sum(1).max())} tokens) plus the CoT cap, "
                          f"prefill and answer ({max_steps} tokens) exceeds the model's context ({limit}): "
                          "shorten the prompt or lower max_cot_tokens / max_answer_tokens")
-
-    # Prefill each distinct prompt once, then copy its KV cache for its G samples (rows b*G .. b*G+G-1).
     pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)                            # explicit positions: left pads
     cache = DynamicCache(config=model.config)
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=pos,
@@ -353,119 +403,99 @@ def rollout(model, tokenizer, prompts, *, mode, tau, sigma=0.0, num_samples=1, m
     logits = out.logits[:, -1].float().repeat_interleave(G, 0)                 # (N, V)
     if G > 1:
         cache.batch_repeat_interleave(G)
-    prompt_ids, prompt_mask = prompt_ids.repeat_interleave(G, 0), prompt_mask.repeat_interleave(G, 0)
-    N = B * G
-    attn = prompt_mask.clone()                                                 # (n, P + s): grows each step
-    next_pos = pos[:, -1].repeat_interleave(G, 0) + 1                          # (n,)
+    return prompt_ids.repeat_interleave(G, 0), prompt_mask.repeat_interleave(G, 0), logits, cache
 
-    # Per-row results, filled as the rows advance (index = original row).
-    ids = torch.zeros(N, max_steps, dtype=torch.long, device=device)
-    kind = torch.zeros(N, max_steps, dtype=torch.int8, device=device)
-    logp = torch.zeros(N, max_steps, device=device)
-    cot_embeds = torch.zeros(N, max_cot_tokens, d, dtype=E.dtype, device=device) if soft else None
-    ent = torch.zeros(N, max_cot_tokens, device=device)
-    ratio = torch.zeros(N, max_cot_tokens, device=device)
-    cot_len = torch.zeros(N, dtype=torch.long, device=device)
-    answer_len = torch.zeros(N, dtype=torch.long, device=device)
-    in_cot = torch.ones(N, dtype=torch.bool, device=device)
-    prefill = torch.full((N, max(map(len, prefills))), -1, dtype=torch.long, device=device)  # this row's prefill
-    prefill_len = torch.zeros(N, dtype=torch.long, device=device)
-    stop_reason = ["cap"] * N
-    active = torch.arange(N, device=device)                                    # rows still generating
 
-    for s in range(max_steps):
-        # Randomness for all N rows at every step, used by the active ones (rows stay independent).
-        u = 1.0 - torch.rand(N, generator=generator, device=device)           # (N,) in (0, 1]
-        eps = torch.randn(N, d, generator=generator, device=device)[active] if soft else None
-        u = u[active]
-        n = len(active)
-        tok = torch.zeros(n, dtype=torch.long, device=device)
-        cot = in_cot[active]                                                   # (n,) phase masks
-        k = s - cot_len[active]                                                # step within prefill + answer
-        pre = ~cot & (k < prefill_len[active])
-        ans = ~cot & ~pre
+@dataclass
+class _Buffers:
+    """A rollout in progress: per-row results, indexed by the original row (N rows, up to S generated positions)."""
+    ids: torch.Tensor           # (N, S) long: the token at each position (the greedy shadow at soft CoT steps)
+    kind: torch.Tensor          # (N, S) int8: PAD / COT / PREFILL / ANSWER
+    logp: torch.Tensor          # (N, S) fp32: each sampled step's log-probability
+    cot_embeds: torch.Tensor    # (N, Tc, d): the fed h~ (soft / fuzzy), or None
+    entropy: torch.Tensor       # (N, Tc) fp32
+    noise_ratio: torch.Tensor   # (N, Tc) fp32
+    cot_len: torch.Tensor       # (N,) long
+    answer_len: torch.Tensor    # (N,) long
+    in_cot: torch.Tensor        # (N,) bool: still in the CoT
+    prefill: torch.Tensor       # (N, longest prefill) long: this row's prefill (-1 padded)
+    prefill_len: torch.Tensor   # (N,) long
+    stop_reason: list           # "trigger" | "eos" | "cap"
 
-        if cot.any():                                                          # ---- CoT step
-            lc, rows = logits[cot], active[cot]                                # (c, V)
-            ent[rows, s] = entropy(lc)
-            if soft:
-                shadow = lc.argmax(-1)                                         # App. C greedy shadow
-                mean = mixture(lc, E, tau, top_k).float()                      # Eq. 5: p_{t-1} E, (c, d)
-                h = (mean + sigma * eps[cot]).to(E.dtype)                      # Eq. 6: h~ = p E + sigma eps
-                if sigma > 0:
-                    logp[rows, s] = gaussian_logprob(h, mean, sigma).float()   # Eq. 10
-                ratio[rows, s] = (h.float() - mean).norm(dim=-1) / mean.norm(dim=-1).clamp(min=1e-12)
-                cot_embeds[rows, s] = h
-                tok[cot] = shadow
-            else:
-                x = sample_tokens(lc, tau, u[cot])                             # Eq. 4
-                if tau > 0:
-                    logp[rows, s] = torch.log_softmax(lc / tau, -1).gather(-1, x[:, None])[:, 0]
-                tok[cot] = x
-            ids[rows, s], kind[rows, s] = tok[cot], COT
-        if pre.any():                                                          # ---- prefill (not scored)
-            rows = active[pre]
-            tok[pre] = prefill[rows, k[pre]]
-            ids[rows, s], kind[rows, s] = tok[pre], PREFILL
-        if ans.any():                                                          # ---- hard answer tokens
-            la, rows = logits[ans], active[ans]
-            y = sample_tokens(la, answer_temperature, u[ans])
-            if answer_temperature > 0:
-                logp[rows, s] = torch.log_softmax(la / answer_temperature, -1).gather(-1, y[:, None])[:, 0]
-            tok[ans] = y
-            ids[rows, s], kind[rows, s] = y, ANSWER
-            answer_len[rows] += 1
+    @staticmethod
+    def empty(N, S, Tc, E, prefill_width, soft):
+        dev, d = E.device, E.shape[1]
+        zeros = lambda *shape, dtype=torch.float32: torch.zeros(*shape, dtype=dtype, device=dev)  # noqa: E731
+        return _Buffers(ids=zeros(N, S, dtype=torch.long), kind=zeros(N, S, dtype=torch.int8), logp=zeros(N, S),
+                        cot_embeds=zeros(N, Tc, d, dtype=E.dtype) if soft else None, entropy=zeros(N, Tc),
+                        noise_ratio=zeros(N, Tc), cot_len=zeros(N, dtype=torch.long),
+                        answer_len=zeros(N, dtype=torch.long), in_cot=torch.ones(N, dtype=torch.bool, device=dev),
+                        prefill=torch.full((N, prefill_width), -1, dtype=torch.long, device=dev),
+                        prefill_len=zeros(N, dtype=torch.long), stop_reason=["cap"] * N)
 
-        # ---- update each row's phase after this step's input
-        done = torch.zeros(n, dtype=torch.bool, device=device)
-        if cot.any():
-            rows = active[cot]
-            hit_eos = torch.isin(tok[cot], eos_t)
-            tails = ids[rows, max(0, s + 1 - len(trigger) - 2): s + 1]     # enough tokens to hold the trigger
-            hit_trig = torch.tensor([t.rstrip().endswith(trigger) for t in tokenizer.batch_decode(tails)],
-                                    dtype=torch.bool, device=device)
-            stop = hit_trig | hit_eos | torch.tensor(s + 1 >= max_cot_tokens, device=device)
-            for r, trig, e in zip(rows[stop].tolist(), hit_trig[stop].tolist(), hit_eos[stop].tolist()):
-                stop_reason[r] = "trigger" if trig else ("eos" if e else "cap")
-                p = prefills[0] if trig else prefills[1]
-                prefill[r, :len(p)] = torch.tensor(p, device=device)
-                prefill_len[r] = len(p)
-            in_cot[rows[stop]] = False
-            cot_len[rows] += 1
-        if ans.any():
-            done[ans] = torch.isin(tok[ans], eos_t) | (answer_len[active[ans]] >= max_answer_tokens)
-        if done.all():
-            break
 
-        # ---- the inputs: E[token], or h~ at soft CoT steps; finished rows leave the batch and the KV cache
-        emb = E[tok]                                                           # (n, d)
-        if soft and cot.any():
-            emb[cot] = h
-        if done.any():
-            keep = (~done).nonzero()[:, 0]
-            cache.batch_select_indices(keep)
-            active, emb, attn, next_pos = active[keep], emb[keep], attn[keep], next_pos[keep]
-        inp = emb[:, None, :]                                                  # (n, 1, d)
-        attn = torch.cat([attn, attn.new_ones(len(active), 1)], dim=1)
-        out = model(inputs_embeds=inp, attention_mask=attn, position_ids=next_pos[:, None],
-                    past_key_values=cache, use_cache=True)
-        logits = out.logits[:, -1].float()                                     # (n, V)
-        next_pos = next_pos + 1
+def _cot_step(out, rows, s, logits, u, eps, E, mode, tau, sigma, top_k):
+    """Phase 2, one CoT step for c rows from their next-token logits (c, V): the token recorded and, for soft and
+    fuzzy rows, the noisy input h~ (c, d) fed next. Returns (tokens (c,), h~ or None)."""
+    out.entropy[rows, s] = entropy(logits)
+    h = None
+    if mode == "hard":
+        x = sample_tokens(logits, tau, u)                                      # Eq. 4: x_t ~ p_{t-1}
+        if tau > 0:
+            out.logp[rows, s] = torch.log_softmax(logits / tau, -1).gather(-1, x[:, None])[:, 0]
+    else:
+        x = logits.argmax(-1)                                                  # the greedy shadow (App. C)
+        mean = mixture(logits, E, tau, top_k).float()                          # Eq. 5: p_{t-1} E, (c, d)
+        h = (mean + sigma * eps).to(E.dtype)                                   # Eq. 6: h~ = p E + sigma eps
+        if sigma > 0:
+            out.logp[rows, s] = gaussian_logprob(h, mean, sigma).float()       # Eq. 10
+        out.noise_ratio[rows, s] = (h.float() - mean).norm(dim=-1) / mean.norm(dim=-1).clamp(min=1e-12)
+        out.cot_embeds[rows, s] = h
+    out.ids[rows, s], out.kind[rows, s] = x, COT
+    return x, h
 
-    S = int((kind != PAD).sum(1).max())
-    Tc = int(cot_len.max())
-    cot_text = tokenizer.batch_decode([ids[r, :cot_len[r]] for r in range(N)], skip_special_tokens=True)
-    ans_start = cot_len + prefill_len
-    answer_text = [pt + t for pt, t in zip(
-        [(prefill_stopped if sr == "trigger" else prefill_capped) for sr in stop_reason],
-        tokenizer.batch_decode([ids[r, ans_start[r]: ans_start[r] + answer_len[r]] for r in range(N)],
-                               skip_special_tokens=True))]
+
+def _answer_step(out, rows, s, logits, u, temperature):
+    """Phase 3, one hard answer token for these rows, at `temperature` (0 = greedy). Returns the tokens."""
+    y = sample_tokens(logits, temperature, u)
+    if temperature > 0:
+        out.logp[rows, s] = torch.log_softmax(logits / temperature, -1).gather(-1, y[:, None])[:, 0]
+    out.ids[rows, s], out.kind[rows, s] = y, ANSWER
+    out.answer_len[rows] += 1
+    return y
+
+
+def _end_cots(out, tokenizer, rows, tok, s, eos, trigger, prefills, max_cot_tokens):
+    """Phase 4, after a CoT step: the rows whose CoT ends here (the trigger at the end of the decoded text, an EOS,
+    or the cap) leave the CoT and get their prefill (App. C: the short one after the trigger, else the long one)."""
+    hit_eos = torch.isin(tok, eos)
+    tails = out.ids[rows, max(0, s + 1 - len(trigger) - 2): s + 1]            # enough tokens to hold the trigger
+    hit_trig = torch.tensor([t.rstrip().endswith(trigger) for t in tokenizer.batch_decode(tails)],
+                            dtype=torch.bool, device=tok.device)
+    stop = hit_trig | hit_eos | torch.tensor(s + 1 >= max_cot_tokens, device=tok.device)
+    for r, trig, e in zip(rows[stop].tolist(), hit_trig[stop].tolist(), hit_eos[stop].tolist()):
+        out.stop_reason[r] = "trigger" if trig else ("eos" if e else "cap")
+        p = prefills[0] if trig else prefills[1]
+        out.prefill[r, :len(p)] = torch.tensor(p, device=tok.device)
+        out.prefill_len[r] = len(p)
+    out.in_cot[rows[stop]] = False
+    out.cot_len[rows] += 1
+
+
+def _pack(out, tokenizer, prompt_ids, prompt_mask, prefill_texts, **settings):
+    """Phase 5: the finished batch as a Rollout, trimmed to the longest row; texts decoded."""
+    N = len(prompt_ids)
+    S, Tc = int((out.kind != PAD).sum(1).max()), int(out.cot_len.max())
+    cot_text = tokenizer.batch_decode([out.ids[r, :out.cot_len[r]] for r in range(N)], skip_special_tokens=True)
+    start = out.cot_len + out.prefill_len
+    answers = tokenizer.batch_decode([out.ids[r, start[r]: start[r] + out.answer_len[r]] for r in range(N)],
+                                     skip_special_tokens=True)
+    answer_text = [prefill_texts[0 if sr == "trigger" else 1] + a for sr, a in zip(out.stop_reason, answers)]
     return Rollout(
-        prompt_ids=prompt_ids, prompt_mask=prompt_mask, ids=ids[:, :S], kind=kind[:, :S],
-        cot_embeds=cot_embeds[:, :Tc] if soft else None, logp=logp[:, :S], entropy=ent[:, :Tc],
-        noise_ratio=ratio[:, :Tc], cot_len=cot_len, answer_len=answer_len, stop_reason=stop_reason,
-        cot_text=cot_text, answer_text=answer_text, mode=mode, tau=tau, sigma=sigma,
-        answer_temperature=answer_temperature, top_k=top_k, group_size=G)
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask, ids=out.ids[:, :S], kind=out.kind[:, :S],
+        cot_embeds=None if out.cot_embeds is None else out.cot_embeds[:, :Tc], logp=out.logp[:, :S],
+        entropy=out.entropy[:, :Tc], noise_ratio=out.noise_ratio[:, :Tc], cot_len=out.cot_len,
+        answer_len=out.answer_len, stop_reason=out.stop_reason, cot_text=cot_text, answer_text=answer_text, **settings)
 
 
 def sequence_logprobs(model, ro):
