@@ -40,7 +40,7 @@ generator seeded as train.py seeds step k + 1 (batch 0 is step 1's batch). `batc
 step's loss, split; `measure` is the function a training loop can call on its current model.
 
     python gradsignal.py --recipe tiny --mode hard soft fuzzy --batches 16          # toy base model, minutes
-    python gradsignal.py --recipe smol --mode fuzzy --batches 8 --buckets 4         # SmolLM2-135M, ~15 min/mode
+    python gradsignal.py --recipe smol --mode fuzzy --batches 4 --buckets 4         # SmolLM2-135M: 6-12 min a batch
     import gradsignal
     res = gradsignal.measure(model, tok, prompts, golds, mode="fuzzy", batches=16)  # dict, see `measure`
     print(gradsignal.markdown(res))
