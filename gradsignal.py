@@ -386,9 +386,10 @@ def parse_args(argv=None):
     p.add_argument("--max_answer_tokens", type=int)
     p.add_argument("--answer_temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="the base model (toy), the prompts and the rollouts")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="the weights' dtype (train.py's --dtype: fp32 master weights by default)")
     p.add_argument("--out", default=None, help="folder for gradsignal.json / .md (default runs/gradsignal-<recipe>)")
-    p.set_defaults(**train.RECIPES[recipe])
+    p.set_defaults(**train.RECIPES[recipe], compute_dtype="float32", fsdp=False, grad_ckpt=False)
     args = p.parse_args(argv)
     bad = [m for m in args.mode if m not in softcot.MODES]
     if bad:
@@ -404,7 +405,7 @@ def main(argv=None):
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
-    model, tok = train.load_model(args, device, 0, 1)
+    model, _, _, tok = train.load_model(args, train.model_path(args, 0, 1), device, 0, 1)
     train_rows, _ = train.load_problems(args)
     batch = random.Random(args.seed * 100_003).sample(train_rows, args.prompts_per_step)   # train.py's step 1
     prompts = [train.prompt_text(args, r["question"]) for r in batch]
