@@ -106,7 +106,7 @@ def model_path(cache_dir=None):
     settings = dict(package=PACKAGE, version=importlib.metadata.version(PACKAGE), gguf=GGUF_FILE,
                     size=os.path.getsize(os.path.join(folder, GGUF_FILE)), tokenizer=TOKENIZER_FIX)
     path = toy.cache_path("smollm2-135m-instruct", settings, cache_dir)
-    if os.path.isdir(path):
+    if toy.reuse_cached(path, "SmolLM2 conversion"):
         return path
     print(f"converting {GGUF_FILE} (once) -> {path}", flush=True)
     t0 = time.time()

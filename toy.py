@@ -282,7 +282,7 @@ def base_model(seed=0, cache_dir=None, *, steps=STEPS, batch_size=BATCH, lr=LR, 
                     vocab=sorted(make_tokenizer().get_vocab().items(), key=lambda kv: kv[1]),
                     sample=[make_rows(2, 0, s, "sft") for s in SKILLS])
     path = cache_path(f"toy-base-s{seed}", settings, cache_dir)
-    if os.path.isdir(path):
+    if reuse_cached(path, "toy base model"):
         return path
     print(f"making the toy base model ({steps} supervised steps of {batch_size}, "
           f"{torch.get_num_threads()} threads) -> {path}", flush=True)
@@ -317,6 +317,55 @@ def save_atomically(path, model, tok, notes_name, notes):
         os.rename(tmp, path)
     except OSError:                    # another process finished the same folder first: keep theirs
         shutil.rmtree(tmp)
+
+
+def folder_problem(path, extra=()):
+    """Why the Hugging Face folder at `path` cannot be loaded, or None if it looks complete.
+
+    Cheap (headers and JSON only, no weights read): config.json and the tokenizer files parse, and every
+    safetensors file (one, or the shards its index names) is exactly as long as its header says. A file cut
+    short by a full disk or a killed copy fails here instead of as a raw SafetensorError without a path.
+    `extra`: more files that must exist (e.g. trainer_state.pt).
+    """
+    if not os.path.isdir(path):
+        return "missing"
+    try:
+        for name in ("config.json", "tokenizer_config.json", "tokenizer.json"):
+            with open(os.path.join(path, name)) as f:
+                json.load(f)
+        index = os.path.join(path, "model.safetensors.index.json")
+        if os.path.exists(index):
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        else:
+            shards = ["model.safetensors"]
+        for name in shards:
+            file = os.path.join(path, name)
+            with open(file, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            if os.path.getsize(file) != 8 + n + end:
+                return f"{name} is {os.path.getsize(file)} bytes, its header says {8 + n + end}"
+        for name in extra:
+            if not os.path.isfile(os.path.join(path, name)):
+                raise FileNotFoundError(f"no {name}")
+    except (OSError, ValueError, KeyError, TypeError) as e:   # missing, unreadable, not JSON, malformed header
+        return f"{type(e).__name__}: {str(e)[:200]}"
+    return None
+
+
+def reuse_cached(path, what):
+    """True if a complete cached folder is at `path`. A damaged one (see folder_problem) is removed, and said so,
+    so that the caller rebuilds it: a cache is only a copy of what the code can make again."""
+    if not os.path.exists(path):
+        return False
+    problem = folder_problem(path)
+    if problem is None:
+        return True
+    print(f"the cached {what} at {path} is damaged ({problem}): removing it and making it again", flush=True)
+    shutil.rmtree(path)
+    return False
 
 
 # ------------------------------------------------------------------------ sanity prints (not the evaluation)
