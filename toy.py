@@ -298,9 +298,26 @@ def base_model(seed=0, cache_dir=None, *, steps=STEPS, batch_size=BATCH, lr=LR, 
 def cache_path(name, settings, cache_dir=None):
     """`<cache_dir>/<name>-<hash of settings>`; cache_dir defaults to $SOFTCOT_CACHE, else ~/.cache/softcot.
     Changing any setting names a new folder, so a cached model is never stale."""
-    root = cache_dir or os.environ.get("SOFTCOT_CACHE") or os.path.expanduser("~/.cache/softcot")
+    root = cache_root(cache_dir)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return os.path.join(root, f"{name}-{digest}")
+
+
+def cache_root(cache_dir=None):
+    return cache_dir or os.environ.get("SOFTCOT_CACHE") or os.path.expanduser("~/.cache/softcot")
+
+
+def unwritable(folder):
+    """Why nothing can be written in `folder` (made if missing), or None. For the scripts' parsers: an output or
+    cache folder is proven writable before minutes of work whose result would go there. Root ignores
+    permission bits, so this writes a file rather than asking os.access."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return f"{type(e).__name__}: {e.strerror or e}"
+    return None
 
 
 def save_atomically(path, model, tok, notes_name, notes):

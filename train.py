@@ -26,7 +26,11 @@ import json
 import math
 import os
 import random
+import re
+import shlex
 import shutil
+import signal
+import sys
 import time
 from contextlib import nullcontext
 
@@ -135,7 +139,78 @@ def parse_args(argv=None):
         p.error("--compute_dtype float32 with --dtype bfloat16: bf16 weights cannot compute in fp32; "
                 "use --dtype float32 (the default)")
     args.out = args.out or f"runs/{args.recipe}-{args.mode}-s{args.seed}"
+    validate_args(p, args)
     return args
+
+
+HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")     # org/name: a model on the Hugging Face hub, not a local folder
+
+
+def validate_args(p, args):
+    """Every flag checked before any model, data or process group is touched: a bad value ends the run at once
+    with one line naming the flag (p.error: exit code 2), not minutes later inside a step."""
+    def need(ok, flag, what):
+        if not ok:
+            p.error(f"--{flag} {getattr(args, flag)}: {what}")
+
+    for flag in ("prompts_per_step", "micro_batch", "max_cot_tokens", "max_answer_tokens", "steps", "val_size",
+                 "val_every", "val_cot_tokens", "save_every"):
+        need(getattr(args, flag) >= 1, flag, "pass a whole number >= 1")
+    need(args.samples >= 2, "samples", "pass >= 2: RLOO's baseline leaves one sample out (Eq. 12)")
+    need(args.warmup >= 0, "warmup", "pass a number of steps >= 0")
+    need(args.stop_after is None or 1 <= args.stop_after <= args.steps, "stop_after",
+         f"pass a step from 1 to --steps ({args.steps})")
+    need(0 <= args.seed < 2 ** 31, "seed", "pass a whole number from 0 to 2^31 - 1")
+    finite = math.isfinite
+    need(finite(args.lr) and args.lr > 0, "lr", "pass a learning rate > 0")
+    # hard: tau is the sampling temperature, and a greedy CoT (0) has no log-probability to train;
+    # soft / fuzzy: tau 0 is the argmax mixture, still trainable through the noise
+    need(finite(args.tau) and (args.tau > 0 if args.mode == "hard" else args.tau >= 0), "tau",
+         "pass a CoT temperature > 0 (>= 0 for soft / fuzzy)")
+    need(finite(args.gamma) and (args.gamma > 0 or args.mode == "hard"), "gamma",
+         "pass a noise scale > 0: soft and fuzzy training learn through the noise (Eq. 10)")
+    need(finite(args.answer_temperature) and args.answer_temperature > 0, "answer_temperature",
+         "pass a temperature > 0: greedy answers have no log-probability to train")
+    for flag in ("weight_decay", "grad_clip", "embed_lr_scale"):
+        need(finite(getattr(args, flag)) and getattr(args, flag) >= 0, flag, "pass a number >= 0")
+    need(args.top_k is None or (args.top_k >= 1 and args.mode != "hard"), "top_k",
+         "pass a whole number >= 1, with --mode soft or fuzzy (the top-k mixture ablation)")
+    need(args.rescore_tol > 0, "rescore_tol", "pass a tolerance in nats > 0 (inf: never leave a step out)")
+    world = int(os.environ.get("WORLD_SIZE", 1))    # torchrun sets it before this process starts
+    N = args.prompts_per_step * args.samples
+    need(N % world == 0, "prompts_per_step",
+         f"the global batch ({args.prompts_per_step} prompts x {args.samples} samples = {N}) must be divisible by "
+         f"the number of processes ({world})")
+    if args.model == "smol":
+        try:
+            smol.gguf_folder()
+        except RuntimeError as e:
+            p.error(f"--model smol: {e}")
+    elif args.model != "toy" and not os.path.isdir(args.model) and not HUB_NAME.fullmatch(args.model):
+        p.error(f"--model {args.model}: no such folder; pass a Hugging Face folder, a hub name (org/name), 'toy' "
+                "or 'smol' (offline, the whole method: --recipe tiny)")
+    elif os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, "config.json")):
+        p.error(f"--model {args.model}: the folder has no config.json; pass a Hugging Face model folder")
+    trainable = [n for n, s in data.DATASETS.items() if "train" in s.splits] + ["toy", "smol"]
+    need(args.dataset in trainable, "dataset", f"pass one of {', '.join(trainable)}")
+    if args.data_path is not None:
+        # the toy problems are generated (toy.py): a file given with them would be ignored, so it is refused;
+        # the same file trains the toy model through the GSM8K loader with --dataset gsm8k
+        need(args.dataset != "toy", "data_path", "the toy dataset is generated and reads no file; to train on "
+             "a GSM8K-schema file pass --dataset gsm8k --data_path FILE")
+        need(os.path.isfile(args.data_path), "data_path", "no such file; pass a local json/jsonl/parquet file")
+    if args.resume:
+        problem = check_resume(args)
+        if problem:
+            p.error(problem)
+    problem = toy.unwritable(args.out)
+    if problem:
+        p.error(f"--out {args.out}: cannot write there ({problem}); pass a folder you can write")
+    if args.model in ("toy", "smol"):   # built or converted into the cache on first use
+        problem = toy.unwritable(toy.cache_root())
+        if problem:
+            p.error(f"--model {args.model} is made once in {toy.cache_root()}, which cannot be written ({problem}); "
+                    "set SOFTCOT_CACHE to a writable folder")
 
 
 # ------------------------------------------------------------------------------------------------ set-up
@@ -405,20 +480,138 @@ def validate(args, model, tok, val, rank, world, ctx=nullcontext()):
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(path, lm, tok, state=None, weights=None):
+def save_checkpoint(path, lm, tok, state=None, weights=None, keep_previous=False):
     """A plain Hugging Face folder (+ trainer_state.pt), written to a temp folder then renamed: atomic.
-    weights: the full state dict gathered from FSDP shards (None: lm's own)."""
+    weights: the full state dict gathered from FSDP shards (None: lm's own).
+
+    keep_previous: the checkpoint this one replaces stays as <path>.prev (the one before it is deleted), so that
+    --resume has a complete checkpoint to fall back to when <path> is lost or damaged; it costs a second copy.
+    """
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     lm.save_pretrained(tmp, state_dict=weights)
     tok.save_pretrained(tmp)
     if state is not None:
         torch.save(state, os.path.join(tmp, "trainer_state.pt"))
-    shutil.rmtree(path + ".old", ignore_errors=True)
+    old = path + (".prev" if keep_previous else ".old")
+    shutil.rmtree(old, ignore_errors=True)
     if os.path.exists(path):
-        os.replace(path, path + ".old")
+        os.replace(path, old)
     os.replace(tmp, path)
-    shutil.rmtree(path + ".old", ignore_errors=True)
+    if not keep_previous:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# What --resume may change against the run's config.json, and why: none of these changes what is trained, on
+# which data, or how. Everything else (a new --mode, --lr, --seed, --val_size, --dtype, ...) is refused before
+# anything is written. Not here: --steps, because the cosine schedule decays over --steps, so a new value would
+# change every later learning rate (to stop early, use --stop_after); --val_cot_tokens, because validations
+# before and after would measure different things and best/ compares them.
+RESUME_MAY_CHANGE = {
+    "resume": "asks for this",
+    "out": "names the run folder that holds this config.json",
+    "val_every": "when to validate: which steps may become best/, not the updates",
+    "save_every": "when to write last/",
+    "stop_after": "when to pause",
+    "micro_batch": "memory against time: the same gradient up to float rounding (the order of the sums)",
+    "fsdp": "memory: where the weights and optimizer states live, not what they are",
+    "grad_ckpt": "memory against time: the activations are recomputed, not changed",
+}
+
+
+def checkpoints(out):
+    """Where --resume looks, newest first: last/, then the one before it (save_checkpoint's keep_previous)."""
+    last = os.path.join(out, "last")
+    return [last, last + ".prev"]
+
+
+def checkpoint_problem(folder):
+    """Why `folder` is not a complete resumable checkpoint, or None. Reads headers and the trainer state's
+    small fields only (tensors memory-mapped, not read), so the parser can afford it."""
+    problem = toy.folder_problem(folder, extra=("trainer_state.pt",))
+    if problem:
+        return problem
+    try:
+        AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as e:   # JSON, but not a model's configuration
+        return f"config.json: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    try:
+        torch.load(os.path.join(folder, "trainer_state.pt"), mmap=True, weights_only=False)["step"]
+    except Exception as e:   # noqa: BLE001 - any failure to read it (truncated zip, bad pickle, no key) = unusable
+        return f"trainer_state.pt cannot be read ({type(e).__name__}: {str(e).split('. ')[0][:200]})"
+    return None
+
+
+def check_resume(args):
+    """Why `--resume` cannot continue args.out, or None: no config.json, settings that differ from it (other
+    than RESUME_MAY_CHANGE), no complete checkpoint, or a --stop_after the checkpoint has already passed."""
+    path = os.path.join(args.out, "config.json")
+    try:
+        with open(path) as f:
+            run = json.load(f)
+    except (OSError, ValueError) as e:
+        return f"--resume: cannot read {path} ({type(e).__name__}); start without --resume to make a new run there"
+    now = vars(args)
+    changed = [f"--{k} {now[k]} (the run has {run[k]})" for k in run
+               if k in now and k not in RESUME_MAY_CHANGE and now[k] != run[k]]
+    if changed:
+        return (f"--resume: {', '.join(changed)}: these would change the run in {args.out}; resume with its "
+                f"settings (config.json), or start a new run with another --out. A resume may change "
+                f"{', '.join('--' + k for k in RESUME_MAY_CHANGE if k not in ('resume', 'out'))}")
+    problems = {c: checkpoint_problem(c) for c in checkpoints(args.out)}
+    usable = [c for c, problem in problems.items() if problem is None]
+    if not usable:
+        why = "; ".join(f"{c}: {problem}" for c, problem in problems.items())
+        return f"--resume: no complete checkpoint in {args.out} ({why}); start again without --resume"
+    step = torch.load(os.path.join(usable[0], "trainer_state.pt"), mmap=True, weights_only=False)["step"]
+    if args.stop_after is not None and args.stop_after <= step:
+        return (f"--stop_after {args.stop_after}: the checkpoint {usable[0]} is at step {step} already; pass a "
+                "later step, or leave --stop_after out to run to the end")
+    return None
+
+
+def resume_checkpoint(args, master):
+    """The newest complete checkpoint of args.out: last/, else last.prev/ (a damaged or missing last/ is named and
+    skipped). check_resume, in the parser, has made sure there is one."""
+    for folder in checkpoints(args.out):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        if master:
+            print(f"--resume: skipping {folder}, it cannot be loaded ({problem}); continuing from the checkpoint "
+                  "before it", flush=True)
+    raise SystemExit(f"--resume: no complete checkpoint in {args.out} any more; start again without --resume")
+
+
+def resume_command(argv, world):
+    """The command that continues this run: the same flags (less --stop_after) plus --resume."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, a in enumerate(argv):
+        if a.startswith("--stop_after"):
+            del argv[i:i + (1 if "=" in a else 2)]
+            break
+    launcher = "torchrun [the same options] train.py" if world > 1 else "python train.py"
+    return " ".join([launcher] + [shlex.quote(a) for a in argv] + ([] if "--resume" in argv else ["--resume"]))
+
+
+def catch_ctrl_c(world, device):
+    """Ctrl-C in the training loop: returns stop(), true once Ctrl-C was pressed (on any rank, under DDP).
+
+    The first Ctrl-C only sets a flag: the step in progress ends (an optimiser update cut in half would leave
+    nothing worth saving), last/ is saved and the --resume command printed. The handler then puts Python's own
+    back, so a second Ctrl-C raises KeyboardInterrupt at once, without saving.
+    """
+    pressed = []
+
+    def handler(signum, frame):
+        pressed.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\nCtrl-C: finishing this step, then saving last/ (Ctrl-C again: quit now, without saving)",
+              file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, handler)
+    # every rank must stop after the same step, or the others would wait for it in the next collective
+    return lambda: all_sum(torch.tensor([float(len(pressed))], device=device), world).item() > 0
 
 
 def gather_state(args, scorer, opt, with_optimizer):
@@ -446,19 +639,12 @@ def main(argv=None):
     master = rank == 0
     print0 = print if master else (lambda *a, **k: None)
     N = args.prompts_per_step * args.samples
-    if args.samples < 2:
-        raise SystemExit("--samples must be >= 2: RLOO's baseline leaves one sample out (Eq. 12)")
-    if N % world:
-        raise SystemExit(f"the global batch ({args.prompts_per_step} prompts x {args.samples} samples = {N}) must "
-                         f"be divisible by the number of processes ({world})")
     if args.fsdp and world == 1:
         print0("--fsdp on one process: nothing to shard; running it anyway (the same code path as on 8 GPUs)")
     last_dir, best_dir = os.path.join(args.out, "last"), os.path.join(args.out, "best")
-    if args.resume and not os.path.exists(os.path.join(last_dir, "trainer_state.pt")):
-        raise SystemExit(f"--resume: no checkpoint at {last_dir}; start without --resume")
     torch.manual_seed(args.seed)
 
-    path = last_dir if args.resume else model_path(args, rank, world)
+    path = resume_checkpoint(args, master) if args.resume else model_path(args, rank, world)
     try:   # the plan needs only the config: a run that cannot fit stops before any weight is read
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
@@ -481,7 +667,7 @@ def main(argv=None):
     sigma = softcot.noise_sigma(rollout_lm, args.gamma) if args.mode != "hard" else 0.0
     start, best, skipped = 0, -1.0, 0
     if args.resume:
-        st = torch.load(os.path.join(last_dir, "trainer_state.pt"), weights_only=False)
+        st = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)
         load_optimizer_state(args, scorer, opt, st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         start, best, skipped, sigma = st["step"], st["best"], st["skipped"], st["sigma"]
@@ -511,6 +697,7 @@ def main(argv=None):
                 f.write(json.dumps({"step": 0, "val_acc": best}) + "\n")
             open(os.path.join(args.out, "samples.jsonl"), "w").close()
 
+    ctrl_c = catch_ctrl_c(world, device)
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not master, dynamic_ncols=True)
     for step in bar:
         t0 = time.time()
@@ -574,18 +761,23 @@ def main(argv=None):
             bar.set_postfix(reward=f"{m['reward']:.1f}", acc=f"{m['accuracy']:.2f}", val=f"{best:.2f}",
                             gnorm=f"{gnorm:.3g}", cot=f"{m['cot_len']:.0f}",
                             **({"mismatch": m["rescore_mismatch"]} if m["rescore_mismatch"] else {}))
-        pause = step + 1 == args.stop_after
+        stop = ctrl_c()
+        pause = step + 1 == args.stop_after or stop
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps or pause:
             weights, opt_state = gather_state(args, scorer, opt, with_optimizer=True)
             if master:
                 save_checkpoint(last_dir, model, tok, dict(optimizer=opt_state, scheduler=sched.state_dict(),
                                                            step=step + 1, best=best, skipped=skipped, sigma=sigma),
-                                weights=weights)
+                                weights=weights, keep_previous=True)
         if world > 1:
             dist.barrier()   # the other ranks wait for rank 0's checkpoint, so a kill never finds them a step ahead
         if pause:
-            print0(f"paused after step {step + 1}: continue with the same command and --resume")
+            print0(f"{'stopped by Ctrl-C' if stop else 'paused'} after step {step + 1}, saved in {last_dir}; "
+                   f"continue with:\n  {resume_command(argv, world)}", flush=True)
+            if stop:
+                raise KeyboardInterrupt
             break
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # Python's own again (notebooks call main())
     print0(f"done: best greedy validation accuracy {best:.3f} (base: see metrics.jsonl step 0); "
            f"{skipped} skipped updates; best checkpoint in {best_dir}")
     if world > 1:
@@ -593,4 +785,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:   # a first Ctrl-C in the loop saved last/ and said how to resume; no traceback
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)           # the shell's status for an interrupt: a `for` loop of runs stops here too
