@@ -6,7 +6,10 @@ Paper: Butt et al., "Soft Tokens, Hard Truths" (arXiv 2509.19170), Sec. 4 and PA
 - Tables 3-5 (Table 1 is their hard columns): every checkpoint in the six settings of softcot.SETTINGS, hard /
   fuzzy / soft CoT x greedy / sample, answers always greedy. Greedy pass@1, sample pass@1 and sample pass@n
   from n = 32 samples per problem, with the unbiased pass@k estimator (`pass_at_k`); "sample" soft and
-  fuzzy settings add noise sigma = softcot.noise_sigma(model) = 0.33 x RMS(E) of the evaluated model (Sec. 4).
+  fuzzy settings add noise (Sec. 4): the sigma the training run used, when the checkpoint is <run>/best or
+  <run>/last of a train.py run (its config.json records it), else 0.33 x RMS(E) of the evaluated model; the
+  results say which (sigma, sigma_source). Answers the grader could not grade (error or timeout) count as
+  wrong and are counted per setting (grader_errors).
   Several checkpoints of one method (seeds) make one table row, mean ± std (sample std, n - 1).
 - Fig. 3 (pass@k for k = 1, 2, 4, 8, 16, 32), Fig. 4 / App. G.3 (CoT entropy per position: the mean
   next-token entropy over all generations still in their CoT at that position), Fig. 2 (training curves,
@@ -134,12 +137,25 @@ def mc_question(row):
 
 
 def mc_correct(answer_text, row):
-    """The last \\boxed{} names the right choice: its letter (`B`, `(B)`, `B.`, `\\text{B}`) or its text."""
+    """The last \\boxed{} names the right choice: its letter (`B`, `(B)`, `B.`, `\\text{B}`), its text, or both
+    (`B. Paris`, `(B) Paris`: the letter decides, as a grader reading the letter would).
+
+    Multiple choice only: rewards.py grades maths answers with Math-Verify and knows no choices, so nothing here
+    can change a numeric answer's grade. A whole answer equal to a choice's text is read as that text first, so
+    a choice such as `A.D. 1066` is not taken for the letter A.
+    """
     got = rewards.extract_boxed(answer_text)
     if got is None:
         return False
     got = re.sub(r"^\\text\{(.*)\}$", r"\1", got.strip()).strip()
-    return got.strip("(). ").upper() == LETTERS[row["label"]] or _norm(got) == _norm(row["choices"][row["label"]])
+    letters, texts = LETTERS[:len(row["choices"])], [_norm(c) for c in row["choices"]]
+    bare = got.strip("(). ").upper()
+    if len(bare) == 1 and bare in letters:
+        return letters.index(bare) == row["label"]
+    if _norm(got) in texts:
+        return texts.index(_norm(got)) == row["label"]
+    m = re.fullmatch(r"\(?([A-J])\s*[.):]\s*.+", got, re.S)     # `B. Paris`, `(B) Paris`, `B) Paris`, `B: Paris`
+    return bool(m) and m[1] in letters and letters.index(m[1]) == row["label"]
 
 
 def _norm(text):
@@ -148,10 +164,12 @@ def _norm(text):
 
 
 def judge(answer_texts, items):
-    """Correctness per answer: Math-Verify (Eq. 11's check) for maths items, the choice for multiple choice."""
+    """(correctness per answer, grader errors): Math-Verify (Eq. 11's check) for maths items, the choice for
+    multiple choice. An error or timeout of the grader counts as not correct, and is counted (rewards.Scores)."""
     if "choices" in items[0]:
-        return [mc_correct(a, it) for a, it in zip(answer_texts, items)]
-    return rewards.score(answer_texts, [it["answer"] for it in items]).correct
+        return [mc_correct(a, it) for a, it in zip(answer_texts, items)], 0
+    s = rewards.score(answer_texts, [it["answer"] for it in items])
+    return s.correct, s.grader_errors
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -190,20 +208,18 @@ def load_sets(args):
             ood[name] = [dict(prompt=train.prompt_text(args, r["question"]), answer=toy.gold(r),
                               context=train.prompt_text(args, r["question"]), completion=toy.cot_target(r))
                          for r in splits[name]]
-        elif name in MC_SPLIT:
+        else:   # MC_SPLIT's sets (parse_args refused any other name)
             ood[name] = [dict(prompt=train.prompt_text(args, mc_question(r)), answer=r["answer"],
                               choices=r["choices"], label=r["label"], completion=r["answer"],
                               context=train.prompt_text(args, r["question"]) + softcot.PREFILL_CAPPED)
                          for r in _load(name, MC_SPLIT[name], path or None)]
-        else:
-            raise SystemExit(f"--ood {name!r}: unknown set; use {', '.join(MC_SPLIT)} (Table 2) or "
-                             f"{', '.join(TOY_OOD)} (the toy world's held-out skills), optionally as NAME=FILE")
     return _subset(test, args.limit), {k: _subset(v, args.limit) for k, v in ood.items()}
 
 
 # ------------------------------------------------------------------------------------------------ one checkpoint
 def run_setting(args, model, tok, items, name, sigma, G, rank, world, desc):
-    """One inference setting on all items, G samples each: (correct counts (P,), entropy profile as a list).
+    """One inference setting on all items, G samples each: (correct counts (P,), entropy profile as a list,
+    grader errors and timeouts).
 
     Items are cut into chunks of max(1, batch // G) problems; chunk j runs on rank j % world with a generator
     seeded by (seed, setting, first problem), so the numbers do not depend on the process count.
@@ -214,6 +230,7 @@ def run_setting(args, model, tok, items, name, sigma, G, rank, world, desc):
     correct = torch.zeros(len(items), dtype=torch.float64, device=model.device)            # (P,)
     ent = torch.zeros(len(starts), args.max_cot_tokens, dtype=torch.float64, device=model.device)   # per chunk
     cnt = torch.zeros_like(ent)
+    errors = torch.zeros(1, dtype=torch.float64, device=model.device)
     for j in tqdm(range(rank, len(starts), world), desc=f"{desc} {name}", disable=rank != 0, dynamic_ncols=True):
         s = starts[j]
         chunk = items[s:s + per]
@@ -221,15 +238,16 @@ def run_setting(args, model, tok, items, name, sigma, G, rank, world, desc):
         ro = softcot.rollout(model, tok, [it["prompt"] for it in chunk], mode=mode, tau=tau,
                              sigma=sigma if noisy else 0.0, num_samples=G, max_cot_tokens=args.max_cot_tokens,
                              max_answer_tokens=args.max_answer_tokens, answer_temperature=0.0, generator=gen)
-        ok = judge(ro.answer_text, [it for it in chunk for _ in range(G)])                 # rows prompt-major
+        ok, err = judge(ro.answer_text, [it for it in chunk for _ in range(G)])            # rows prompt-major
+        errors += err
         correct[s:s + len(chunk)] = torch.tensor(ok, dtype=torch.float64).view(-1, G).sum(1).to(model.device)
         e, c = cot_entropy(ro)
         ent[j, :len(e)], cnt[j, :len(c)] = e, c
     # each rank filled only its own slots (the others hold 0), so the sum is exact (x + 0 == x) and then the
     # chunks are summed in one order whatever the process count
-    correct, ent, cnt = (train.all_sum(x, world).cpu() for x in (correct, ent, cnt))
+    correct, ent, cnt, errors = (train.all_sum(x, world).cpu() for x in (correct, ent, cnt, errors))
     ent, cnt = ent.sum(0), cnt.sum(0)                                                       # (T,), same order
-    return correct, (ent[cnt > 0] / cnt[cnt > 0]).tolist()
+    return correct, (ent[cnt > 0] / cnt[cnt > 0]).tolist(), int(errors.item())
 
 
 def run_nll(args, model, tok, items, rank, world, desc):
@@ -243,23 +261,56 @@ def run_nll(args, model, tok, items, rank, world, desc):
     return train.all_sum(nll, world).cpu()                 # exact: one rank wrote each slot
 
 
-def evaluate_checkpoint(args, model, tok, test, ood, rank, world, desc=""):
-    """Everything for one checkpoint, as the dict saved in results_<label>.json (pass@k as fractions)."""
+def training_sigma(path):
+    """(sigma, where it was found) of the train.py run that wrote checkpoint `path` (<run>/best, <run>/last or
+    <run>/last.prev: <run>/config.json records the noise scale it trained with), or (None, None): a base model,
+    a hub model, a folder not in a run, or a hard-mode run (sigma 0: it had no noise)."""
+    folder = os.path.normpath(path)
+    if os.path.basename(folder) not in ("best", "last", "last.prev"):
+        return None, None
+    config = os.path.join(os.path.dirname(folder), "config.json")
+    try:
+        with open(config) as f:
+            run = json.load(f)
+    except (OSError, ValueError):
+        return None, None
+    sigma = run.get("sigma") if isinstance(run, dict) else None
+    return (sigma, config) if isinstance(sigma, (int, float)) and sigma > 0 else (None, None)
+
+
+def evaluate_checkpoint(args, model, tok, test, ood, rank, world, desc="", path=None):
+    """Everything for one checkpoint, as the dict saved in results_<label>.json (pass@k as fractions).
+
+    The "sample" settings' noise (Sec. 4): the sigma of the training run when `path` is a checkpoint of one
+    (the paper's sample settings are the training variants, and a trained model's E, so its RMS, has moved),
+    else 0.33 x RMS(E) of the evaluated model.
+    """
     t0 = time.time()
-    sigma = softcot.noise_sigma(model)      # the "sample" settings' noise: 0.33 x RMS(E) (Sec. 4)
-    out = dict(sigma=sigma, settings={}, correct={}, entropy={}, ood={})
+    sigma, source = training_sigma(path) if path else (None, None)
+    source = f"the training run's, from {source}" if sigma else "0.33 x RMS(E) of this model"
+    sigma = sigma or softcot.noise_sigma(model)
+    if rank == 0 and any(softcot.SETTINGS[name][2] for name in args.settings):
+        print(f"{desc}: sample settings' noise sigma = {sigma:.4g} ({source})", flush=True)
+    out = dict(sigma=sigma, sigma_source=source, settings={}, correct={}, entropy={}, grader_errors={}, ood={})
     for name in args.settings:
         G = args.samples if name.endswith("_sample") else 1
-        correct, profile = run_setting(args, model, tok, test, name, sigma, G, rank, world, desc)
+        correct, profile, errors = run_setting(args, model, tok, test, name, sigma, G, rank, world, desc)
+        out["grader_errors"][name] = errors
         ks = args.k if G > 1 else [1]
         out["settings"][name] = {f"pass@{k}": statistics.fmean(pass_at_k(G, int(c), k) for c in correct)
                                  for k in ks}
         out["correct"][name] = [int(c) for c in correct]
         out["entropy"][name] = profile
     for name, items in ood.items():
-        correct, _ = run_setting(args, model, tok, items, "hard_greedy", 0.0, 1, rank, world, f"{desc} {name}")
+        correct, _, errors = run_setting(args, model, tok, items, "hard_greedy", 0.0, 1, rank, world,
+                                         f"{desc} {name}")
         nll = run_nll(args, model, tok, items, rank, world, f"{desc} {name}")
-        out["ood"][name] = dict(accuracy=correct.mean().item(), nll=nll.mean().item(), problems=len(items))
+        out["ood"][name] = dict(accuracy=correct.mean().item(), nll=nll.mean().item(), problems=len(items),
+                                grader_errors=errors)
+    errors = sum(out["grader_errors"].values()) + sum(v["grader_errors"] for v in out["ood"].values())
+    if errors and rank == 0:
+        print(f"{desc}: {errors} answers could not be graded (grader error or timeout) and count as wrong; "
+              "results_<label>.json has them per setting (grader_errors)", flush=True)
     out["seconds"] = round(time.time() - t0, 1)
     return out
 
@@ -439,10 +490,13 @@ def parse_args(argv=None):
     args.model = args.model or []
     if args.ood is None:
         args.ood = list(TOY_OOD) if recipe["dataset"] == "toy" else []
-    if min(args.samples, args.batch, args.max_cot_tokens, args.limit or 1) < 1:
-        p.error("--samples, --batch, --max_cot_tokens and --limit must be positive")
+    for flag in ("samples", "batch", "max_cot_tokens", "limit"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag} {getattr(args, flag)}: pass a whole number >= 1")
     args.k = sorted(set(args.k or [k for k in (1, 2, 4, 8, 16, 32) if k <= args.samples]))
-    if args.k[-1] > args.samples or args.k[0] < 1:
+    if args.k[0] < 1:
+        p.error(f"--k {args.k[0]}: pass sizes k >= 1 (pass@k)")
+    if args.k[-1] > args.samples:
         p.error(f"pass@{args.k[-1]} needs n >= {args.k[-1]} samples per problem, got --samples {args.samples}: "
                 f"raise --samples or drop k > {args.samples} from --k")
     for path in args.metrics or []:
@@ -452,8 +506,46 @@ def parse_args(argv=None):
         if path not in ("toy", "smol") and not os.path.exists(path) and not re.fullmatch(r"[\w.-]+/[\w.-]+", path):
             p.error(f"--model {path}: no such checkpoint folder; pass a folder written by train.py "
                     "(runs/<run>/best), a hub name, 'toy' (the toy base model) or 'smol' (smol.py)")
+    validate_args(p, args)
     args.label = args.label or (default_label(args.model) if args.model else None)
     return args
+
+
+def validate_args(p, args):
+    """The flags parse_args has not checked yet, before any model or data is touched (p.error: exit code 2,
+    one line naming the flag); the --out folder is made and proven writable now, not after the evaluation."""
+    if args.max_answer_tokens < 1:
+        p.error(f"--max_answer_tokens {args.max_answer_tokens}: pass a whole number >= 1")
+    if not 0 <= args.seed < 2 ** 31:
+        p.error(f"--seed {args.seed}: pass a whole number from 0 to 2^31 - 1")
+    if args.dtype not in ("auto", "float32", "bfloat16"):
+        p.error(f"--dtype {args.dtype}: pass auto, float32 or bfloat16")
+    sets = ["toy", "smol"] + [n for n, s in data.DATASETS.items() if "test" in s.splits and n not in MC_SPLIT]
+    if args.dataset not in sets:
+        p.error(f"--dataset {args.dataset}: pass one of {', '.join(sets)}")
+    if args.data_path is not None:
+        if args.dataset == "toy":   # generated (toy.py): a file would be ignored
+            p.error(f"--data_path {args.data_path}: the toy test set is generated and reads no file; for a GSM8K-"
+                    "schema file pass --dataset gsm8k --data_path FILE")
+        if not os.path.isfile(args.data_path):
+            p.error(f"--data_path {args.data_path}: no such file; pass a local json/jsonl/parquet file")
+    for spec in args.ood:
+        name, eq, path = spec.partition("=")
+        if name not in MC_SPLIT and name not in TOY_OOD:
+            p.error(f"--ood {spec}: unknown set; use {', '.join(MC_SPLIT)} (Table 2) or {', '.join(TOY_OOD)} (the "
+                    "toy world's held-out skills), the former optionally as NAME=FILE")
+        if eq and name in TOY_OOD:
+            p.error(f"--ood {spec}: the toy world's held-out skills are generated and read no file; pass {name}")
+        if eq and not os.path.isfile(path):
+            p.error(f"--ood {spec}: no such file; pass NAME=FILE with a local file in the set's hub schema")
+    if "smol" in args.model:
+        try:
+            smol.gguf_folder()
+        except RuntimeError as e:
+            p.error(f"--model smol: {e}")
+    problem = toy.unwritable(args.out)
+    if problem:
+        p.error(f"--out {args.out}: cannot write there ({problem}); pass a folder you can write")
 
 
 def main(argv=None):
@@ -466,7 +558,7 @@ def main(argv=None):
         model, tok = train.load_for_inference(argparse.Namespace(**(vars(args) | {"model": path})), device, rank,
                                               world)
         runs.append(dict(model=path) | evaluate_checkpoint(args, model, tok, test, ood, rank, world,
-                                                           desc=f"{args.label}[{i}]"))
+                                                           desc=f"{args.label}[{i}]", path=path))
         del model
     if master:
         os.makedirs(args.out, exist_ok=True)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import evaluate
+import rewards
 import softcot
 from conftest import make_model, run_script
 
@@ -91,6 +92,36 @@ def test_multiple_choice_grading():
         assert evaluate.mc_correct(answer, row), answer
     for answer in (" \\boxed{A}", " \\boxed{iron}", " B", " \\boxed{}"):
         assert not evaluate.mc_correct(answer, row), answer
+    # a letter with its choice's text: the letter decides
+    for answer in (" \\boxed{B. steam}", " \\boxed{(B) steam}", " \\boxed{B) Steam}", " \\boxed{B: ice}"):
+        assert evaluate.mc_correct(answer, row), answer
+    for answer in (" \\boxed{A. steam}", " \\boxed{(C) steam}", " \\boxed{D. steam}", " \\boxed{AB}"):
+        assert not evaluate.mc_correct(answer, row), answer
+    # a whole answer equal to a choice's text is that choice, even when it starts like a letter
+    row = {"question": "When?", "choices": ["1215", "A.D. 1066"], "label": 1, "answer": "A.D. 1066"}
+    assert evaluate.mc_correct(" \\boxed{A.D. 1066}", row) and not evaluate.mc_correct(" \\boxed{A. 1066}", row)
+
+
+def test_numeric_answers_are_not_read_as_letters():
+    # maths items go to Math-Verify (rewards.py), never to the multiple-choice reading
+    items = [{"answer": "7"}] * 3
+    assert evaluate.judge([" \\boxed{B. 5}", " \\boxed{(B) 5}", " \\boxed{7}"], items) == ([False, False, True], 0)
+
+
+def test_grader_errors_are_counted(monkeypatch):
+    monkeypatch.setattr(rewards.Grader, "check", lambda self, gold, pred: (False, "timeout after 5 s"))
+    assert evaluate.judge([" \\boxed{7}", " \\boxed{8}", " no box"], [{"answer": "7"}] * 3) == ([False] * 3, 2)
+
+
+def test_sample_settings_use_the_training_runs_sigma(tmp_path):
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"mode": "fuzzy", "gamma": 0.33, "sigma": 0.038}))
+    assert evaluate.training_sigma(str(run / "best")) == (0.038, str(run / "config.json"))
+    assert evaluate.training_sigma(str(run / "best") + "/") == (0.038, str(run / "config.json"))
+    assert evaluate.training_sigma(str(run)) == (None, None)              # not a checkpoint folder of a run
+    (run / "config.json").write_text(json.dumps({"mode": "hard", "gamma": 0.33, "sigma": 0.0}))
+    assert evaluate.training_sigma(str(run / "best")) == (None, None)     # a hard run had no noise
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -143,6 +174,8 @@ def test_smoke_writes_results_table_and_plots(one_process):
     assert (r["problems"], r["samples"], r["k"], r["world_size"]) == (4, 4, [1, 2, 4], 1)
     c = r["checkpoints"][0]
     assert list(c["settings"]) == list(softcot.SETTINGS) and c["sigma"] > 0
+    assert c["sigma_source"] == "0.33 x RMS(E) of this model"                      # a base model: no run
+    assert c["grader_errors"] == {name: 0 for name in softcot.SETTINGS}
     for name, got in c["settings"].items():
         n = 4 if name.endswith("_sample") else 1
         counts = c["correct"][name]
@@ -172,7 +205,7 @@ def test_torchrun_equals_one_process(one_process, base, tmp_path):
     (["--model", "no/such/checkpoint"], "no such checkpoint folder"),
     (["--model", "toy", "--settings", "hard_greedy", "fuzzy_gready"], "invalid choice: 'fuzzy_gready'"),
     (["--model", "toy", "--samples", "4", "--k", "1", "8"], "pass@8 needs n >= 8"),
-    (["--model", "toy", "--ood", "hellaswag=no/such/file.jsonl"], "could not load 'hellaswag'"),
+    (["--model", "toy", "--ood", "hellaswag=no/such/file.jsonl"], "--ood hellaswag=no/such/file.jsonl: no such file"),
 ], ids=["missing-checkpoint", "unknown-setting", "n<k", "missing-dataset"])
 def test_clear_errors(argv, msg, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:        # SystemExit with a message, not a traceback from deeper down
