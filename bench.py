@@ -54,6 +54,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
 import softcot
+import toy
 
 # Llama shapes with tied embeddings (as the 3B models): vocabulary, width, layers, MLP width, heads, KV heads.
 SHAPES = {
@@ -313,7 +314,7 @@ def machine(device):
     return f"{name}, {os.cpu_count()} cores"
 
 
-def main(argv=None):
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"],
@@ -326,6 +327,24 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--out", default="runs/bench.json", help="JSON with every number (default runs/bench.json)")
     args = ap.parse_args(argv)
+    # checked before any model is made: a bad value ends the run at once, with the flag named (exit code 2)
+    for flag in ("repeats", "threads"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            ap.error(f"--{flag} {getattr(args, flag)}: pass a whole number >= 1")
+    for shape in (args.shapes or "tiny").split(","):
+        if shape not in SHAPES:
+            ap.error(f"--shapes {args.shapes}: {shape!r} is not a shape; pass a comma-separated list from "
+                     f"{', '.join(SHAPES)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device here; pass --device cpu")
+    problem = "it is a folder" if os.path.isdir(args.out) else toy.unwritable(os.path.dirname(args.out) or ".")
+    if problem:
+        ap.error(f"--out {args.out}: cannot write the JSON there ({problem}); pass a file path you can write")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     device = args.device
     dtype = getattr(torch, args.dtype or ("bfloat16" if device == "cuda" else "float32"))
     sz = dict(SIZES["quick" if args.quick else device])

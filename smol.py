@@ -192,7 +192,7 @@ def write_problems(path, n, seed):
     return path
 
 
-if __name__ == "__main__":
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description="Convert SmolLM2-135M-Instruct (once) and solve a few problems greedily; "
                                              "or write English toy problems as a GSM8K file (--write).")
     ap.add_argument("--write", metavar="FILE", help="write --count problems of --split and --skill to FILE and exit")
@@ -200,7 +200,29 @@ if __name__ == "__main__":
     ap.add_argument("--skill", default=toy.IN_DOMAIN, choices=toy.SKILLS, help="toy.py skill of the problems")
     ap.add_argument("--count", type=int, default=4, help="how many problems")
     ap.add_argument("--seed", type=int, default=0, help="seed of the problems")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    # checked before any problem is drawn or model converted: the flag named, exit code 2
+    if args.count < 1:
+        ap.error(f"--count {args.count}: pass a whole number >= 1")
+    if args.write:
+        problem = ("it is a folder" if os.path.isdir(args.write)
+                   else toy.unwritable(os.path.dirname(args.write) or "."))
+        if problem:
+            ap.error(f"--write {args.write}: cannot write there ({problem}); pass a file path you can write")
+    else:
+        try:
+            gguf_folder()
+        except RuntimeError as e:
+            ap.error(str(e))
+        problem = toy.unwritable(toy.cache_root())
+        if problem:
+            ap.error(f"the conversion goes to {toy.cache_root()}, which cannot be written ({problem}); set "
+                     "SOFTCOT_CACHE to a writable folder")
+    return args
+
+
+if __name__ == "__main__":
+    args = parse_args()
     rows = make_rows(args.count, args.seed, args.skill, args.split)
     if args.write:
         toy.write_jsonl(rows, args.write)

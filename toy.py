@@ -311,6 +311,8 @@ def unwritable(folder):
     """Why nothing can be written in `folder` (made if missing), or None. For the scripts' parsers: an output or
     cache folder is proven writable before minutes of work whose result would go there. Root ignores
     permission bits, so this writes a file rather than asking os.access."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return "a file of that name is in the way"
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
