@@ -348,6 +348,7 @@ def folder_problem(path, extra=()):
     """
     if not os.path.isdir(path):
         return "missing"
+    name = "model.safetensors.index.json"
     try:
         for name in ("config.json", "tokenizer_config.json", "tokenizer.json"):
             with open(os.path.join(path, name)) as f:
@@ -368,9 +369,9 @@ def folder_problem(path, extra=()):
                 return f"{name} is {os.path.getsize(file)} bytes, its header says {8 + n + end}"
         for name in extra:
             if not os.path.isfile(os.path.join(path, name)):
-                raise FileNotFoundError(f"no {name}")
+                return f"no {name}"
     except (OSError, ValueError, KeyError, TypeError) as e:   # missing, unreadable, not JSON, malformed header
-        return f"{type(e).__name__}: {str(e)[:200]}"
+        return f"{name}: {type(e).__name__}: {str(e)[:200]}"
     return None
 
 
