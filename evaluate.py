@@ -18,8 +18,8 @@ Paper: Butt et al., "Soft Tokens, Hard Truths" (arXiv 2509.19170), Sec. 4 and PA
   The paper gives no protocol (PAPER.md §6.14). Ours, the same for base and trained models:
     accuracy  one hard greedy rollout (CoT cap as in-domain, greedy answer) on the task's prompt (App. B; the toy
               prompt for --recipe tiny) with the question and its lettered choices ("A. ...", one a line);
-              correct if the last \\boxed{} holds the right letter (`B`, `(B)`, `\\text{B}`) or the right
-              choice's text.
+              correct if the last \\boxed{} holds the right letter (`B`, `(B)`, `\\text{B}`), the right
+              choice's text, or a letter with a text (`B. Paris`, `(B) Paris`: the letter decides).
     NLL       the mean, over problems, of the per-token negative log-likelihood of the correct choice's text,
               teacher-forced after the prompt with the question alone (listing the choices would measure
               copying) followed by the answer prefill ` The final answer is: \\boxed{` (App. C): the answer
