@@ -494,9 +494,12 @@ def save_checkpoint(path, lm, tok, state=None, weights=None, keep_previous=False
     if state is not None:
         torch.save(state, os.path.join(tmp, "trainer_state.pt"))
     old = path + (".prev" if keep_previous else ".old")
-    shutil.rmtree(old, ignore_errors=True)
     if os.path.exists(path):
-        os.replace(path, old)
+        if keep_previous and checkpoint_problem(path):   # damaged (a resume went past it): no fallback, drop it
+            shutil.rmtree(path)                          # and keep <path>.prev
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
     os.replace(tmp, path)
     if not keep_previous:
         shutil.rmtree(old, ignore_errors=True)

@@ -63,6 +63,8 @@ CASES = [   # (script, the bad flags added to BASE, what the error line must nam
     ("train", ["--weight_decay", "-0.1"], "--weight_decay"),
     ("train", ["--embed_lr_scale", "nan"], "--embed_lr_scale"),
     ("train", ["--dtype", "fp16"], "--dtype"),
+    ("train", ["--rescore_tol", "0"], "--rescore_tol"),
+    ("train", ["--rescore_tol", "nan"], "--rescore_tol"),
     ("train", ["--mode", "fuzy"], "--mode"),
     ("train", ["--recipe", "llama"], "--recipe"),
     ("train", ["--seed", "-1"], "--seed"),
@@ -253,15 +255,16 @@ def test_truncated_checkpoints_are_named(run, base, tmp_path, capsys, monkeypatc
     assert "start again without --resume" in line
 
 
-def test_resume_falls_back_when_the_latest_checkpoint_cannot_be_loaded(run, base, tmp_path):
+def test_resume_falls_back_when_the_latest_checkpoint_is_damaged(run, base, tmp_path):
     out = str(tmp_path / "run")
     shutil.copytree(run, out)
-    with open(os.path.join(out, "last", "config.json"), "w") as f:    # valid JSON, but no model in it:
-        f.write("{}")                                                   # only loading it finds that out
+    with open(os.path.join(out, "last", "config.json"), "w") as f:    # valid JSON, but no model's configuration
+        f.write("{}")
     p = run_script("train.py", resume_argv(base, out))
-    assert f"skipping {out}/last" in p.stdout and f"continuing from {out}/last.prev (step 1)" in p.stdout
+    assert f"skipping {out}/last, it cannot be loaded (config.json" in p.stdout
     assert [json.loads(x)["step"] for x in open(os.path.join(out, "metrics.jsonl"))] == [0, 1, 2, 3]
-    assert step_of(os.path.join(out, "last")) == 3
+    # the damaged folder was dropped, not kept as the fallback: the two newest saves are the checkpoints now
+    assert (step_of(os.path.join(out, "last")), step_of(os.path.join(out, "last.prev"))) == (3, 2)
 
 
 # ------------------------------------------------------------------------------------------------ Ctrl-C

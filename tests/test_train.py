@@ -126,4 +126,3 @@ def test_fsdp_resume_equals_uninterrupted(base, tmp_path):
     tok = AutoTokenizer.from_pretrained(os.path.join(full, "last"))
     enc = tok(["Ann has 3 pens."], return_tensors="pt")
     assert model.generate(**enc, max_new_tokens=3, do_sample=False).shape[1] == enc.input_ids.shape[1] + 3
-
