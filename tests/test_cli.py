@@ -49,7 +49,7 @@ CASES = [   # (script, the bad flags added to BASE, what the error line must nam
     ("train", ["--steps", "two"], "--steps"),
     ("train", ["--warmup", "-1"], "--warmup"),
     ("train", ["--stop_after", "4"], "--stop_after"),
-    ("train", ["--lr", "-1e-5"], "--lr"),
+    ("train", ["--lr", "-0.00001"], "--lr"),                            # (-1e-5 argparse takes for a flag)
     ("train", ["--lr", "nan"], "--lr"),
     ("train", ["--lr", "inf"], "--lr"),
     ("train", ["--tau", "-1"], "--tau"),
