@@ -636,29 +636,23 @@ def load_optimizer_state(args, scorer, opt, state):
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    rank, world, device = setup_distributed()
-    master = rank == 0
-    print0 = print if master else (lambda *a, **k: None)
-    N = args.prompts_per_step * args.samples
-    if args.fsdp and world == 1:
-        print0("--fsdp on one process: nothing to shard; running it anyway (the same code path as on 8 GPUs)")
-    last_dir, best_dir = os.path.join(args.out, "last"), os.path.join(args.out, "best")
-    torch.manual_seed(args.seed)
-
-    path = resume_checkpoint(args, master) if args.resume else model_path(args, rank, world)
+def prepare_model(args, rank, world, device):
+    """The memory plan, printed and checked before any weight is read, then the model (load_model's four)."""
+    path = resume_checkpoint(args, rank == 0) if args.resume else model_path(args, rank, world)
     try:   # the plan needs only the config: a run that cannot fit stops before any weight is read
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise load_error(path, e)
     plan = memory.plan(config, args, world, device)
-    print0(memory.describe(plan))
+    if rank == 0:
+        print(memory.describe(plan))
     if plan["total"] > plan["device"]:
         raise SystemExit(memory.advice(plan, args))
-    model, scorer, rollout_lm, tok = load_model(args, path, device, rank, world)
-    ctx = compute_context(device, dtypes(args, device)[1], args.fsdp)
-    train_rows, val = load_problems(args)
+    return path, *load_model(args, path, device, rank, world)
+
+
+def make_optimizer(args, model):
+    """AdamW (App. D) with the embeddings' own learning rate (--embed_lr_scale), linear warm-up, cosine decay."""
     emb = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
     groups = [[p for p in model.parameters() if id(p) not in emb], [p for p in model.parameters() if id(p) in emb]]
     opt = torch.optim.AdamW([{"params": groups[0]}, {"params": groups[1], "lr": args.lr * args.embed_lr_scale}],
@@ -666,104 +660,141 @@ def main(argv=None):
     warm = args.warmup
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else
                                               0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, args.steps - warm))))
-    # once, from the base model (the rollout model: under FSDP the only one with the whole of E on each rank)
+    return opt, sched
+
+
+def restore(args, path, scorer, opt, sched, master):
+    """--resume: the optimizer, schedule and counters of the checkpoint at `path`; log lines of the steps after it
+    (the killed run's tail) are dropped, since they are redone. Returns (start step, best, skipped, sigma)."""
+    st = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)
+    load_optimizer_state(args, scorer, opt, st["optimizer"])
+    sched.load_state_dict(st["scheduler"])
+    if master:
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            log = os.path.join(args.out, name)
+            keep = [x for x in open(log) if json.loads(x)["step"] <= st["step"]] if os.path.exists(log) else []
+            open(log, "w").writelines(keep)
+    return st["step"], st["best"], st["skipped"], st["sigma"]
+
+
+def step_batch(args, train_rows, step, rows_mine):
+    """This rank's prompts and gold answers at `step`: B problems drawn by a step-seeded RNG (the same on every rank,
+    and after a resume), each repeated G times (prompt-major rows), then this rank's slice of the N rows."""
+    batch = random.Random(args.seed * 100_003 + step).sample(train_rows, args.prompts_per_step)
+    rows = [batch[i // args.samples] for i in range(args.prompts_per_step * args.samples)][rows_mine]
+    return [prompt_text(args, r["question"]) for r in rows], [r["answer"] for r in rows]
+
+
+def step_metrics(ro, sc, r_all, drifted, world, device):
+    """A step's diagnostics (README, "Reading a run"), summed over ranks, per sequence."""
+    N = r_all.numel()
+    cot = ro.cot_len.clamp(min=1).float()
+    stats = torch.tensor([sum(sc.correct), sum(sc.boxed), sc.grader_errors,
+                          sum(r == "cap" for r in ro.stop_reason), sum(r == "eos" for r in ro.stop_reason),
+                          ro.cot_len.sum().item(), ro.answer_len.sum().item(),
+                          (ro.entropy.sum(1) / cot).sum().item(), (ro.noise_ratio.sum(1) / cot).sum().item(),
+                          drifted], device=device, dtype=torch.float64)
+    s = (all_sum(stats, world) / N).tolist()
+    return dict(reward=r_all.mean().item(), accuracy=s[0], boxed=s[1], grader_errors=s[2] * N, cap_rate=s[3],
+                eos_rate=s[4], cot_len=s[5], answer_len=s[6], cot_entropy=s[7], noise_ratio=s[8],
+                rescore_mismatch=round(s[9] * N), zero_adv_frac=rloo.zero_advantage_fraction(r_all))
+
+
+def log_step(args, m, sample, bar, best):
+    """Rank 0: one line of metrics.jsonl, one rollout in samples.jsonl, the progress bar."""
+    with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(m) + "\n")
+    with open(os.path.join(args.out, "samples.jsonl"), "a") as f:
+        f.write(json.dumps(dict(step=m["step"]) | sample) + "\n")
+    bar.set_postfix(reward=f"{m['reward']:.1f}", acc=f"{m['accuracy']:.2f}", val=f"{best:.2f}",
+                    gnorm=f"{m['grad_norm']:.3g}", cot=f"{m['cot_len']:.0f}",
+                    **({"mismatch": m["rescore_mismatch"]} if m["rescore_mismatch"] else {}))
+
+
+def describe_run(args, world, sigma, n_train, n_val):
+    """Rank 0: the settings on stdout and in <out>/config.json (what --resume checks against), the batch layout."""
+    N = args.prompts_per_step * args.samples
+    print(json.dumps(vars(args), indent=1))
+    print(f"global batch: {args.prompts_per_step} prompts x {args.samples} samples = {N} sequences per step; "
+          f"{world} process(es) x {N // world} sequences, re-scored in micro-batches of {args.micro_batch}\n"
+          f"mode {args.mode}: tau {args.tau}, sigma {sigma:.4g} ({args.gamma} x RMS(E)); "
+          f"{n_train} training problems, {n_val} validation")
+    if args.fsdp and world == 1:
+        print("--fsdp on one process: nothing to shard; running it anyway (the code path of 8 GPUs)")
+    with open(os.path.join(args.out, "config.json"), "w") as f:
+        json.dump(vars(args) | {"sigma": sigma, "world_size": world}, f, indent=1)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rank, world, device = setup_distributed()
+    master = rank == 0
+    print0 = print if master else (lambda *a, **k: None)
+    torch.manual_seed(args.seed)
+    path, model, scorer, rollout_lm, tok = prepare_model(args, rank, world, device)
+    ctx = compute_context(device, dtypes(args, device)[1], args.fsdp)
+    train_rows, val = load_problems(args)
+    opt, sched = make_optimizer(args, model)
+    # sigma once, from the base model (the rollout model: under FSDP the only one with the whole of E on each rank)
     sigma = softcot.noise_sigma(rollout_lm, args.gamma) if args.mode != "hard" else 0.0
     start, best, skipped = 0, -1.0, 0
     if args.resume:
-        st = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)
-        load_optimizer_state(args, scorer, opt, st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        start, best, skipped, sigma = st["step"], st["best"], st["skipped"], st["sigma"]
-        if master:   # drop log lines of steps after the checkpoint (the killed run's tail): they are redone
-            for name in ("metrics.jsonl", "samples.jsonl"):
-                path = os.path.join(args.out, name)
-                keep = [x for x in open(path) if json.loads(x)["step"] <= start] if os.path.exists(path) else []
-                open(path, "w").writelines(keep)
-
-    rows_mine = rloo.rank_slice(N, rank, world)
-    print0(json.dumps(vars(args), indent=1))
-    print0(f"global batch: {args.prompts_per_step} prompts x {args.samples} samples = {N} sequences per step; "
-           f"{world} process(es) x {N // world} sequences, re-scored in micro-batches of {args.micro_batch}")
-    print0(f"mode {args.mode}: tau {args.tau}, sigma {sigma:.4g} ({args.gamma} x RMS(E)); "
-           f"{len(train_rows)} training problems, {len(val)} validation")
+        start, best, skipped, sigma = restore(args, path, scorer, opt, sched, master)
+    N = args.prompts_per_step * args.samples
+    rows_mine = rloo.rank_slice(N, rank, world)                                    # this rank's rows of the N
+    last_dir, best_dir = os.path.join(args.out, "last"), os.path.join(args.out, "best")
     if master:
-        os.makedirs(args.out, exist_ok=True)
-        json.dump(vars(args) | {"sigma": sigma, "world_size": world}, open(os.path.join(args.out, "config.json"), "w"),
-                  indent=1)
-    if start == 0:
+        describe_run(args, world, sigma, len(train_rows), len(val))
+    if start == 0:   # the base model's validation: the bar to beat, and best/ until something beats it
         best = validate(args, rollout_lm, tok, val, rank, world, ctx)
         print0(f"step 0 (base model): greedy validation accuracy {best:.3f}")
         weights, _ = gather_state(args, scorer, opt, with_optimizer=False)
         if master:
             save_checkpoint(best_dir, model, tok, weights=weights)
-            with open(os.path.join(args.out, "metrics.jsonl"), "w") as f:
-                f.write(json.dumps({"step": 0, "val_acc": best}) + "\n")
+            open(os.path.join(args.out, "metrics.jsonl"), "w").write(json.dumps({"step": 0, "val_acc": best}) + "\n")
             open(os.path.join(args.out, "samples.jsonl"), "w").close()
 
     ctrl_c = catch_ctrl_c(world, device)
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not master, dynamic_ncols=True)
     for step in bar:
         t0 = time.time()
-        # ---- 1. rollouts: B prompts drawn by a step-seeded RNG (resume-exact), this rank's share of the N rows
-        batch = random.Random(args.seed * 100_003 + step).sample(train_rows, args.prompts_per_step)
-        prompts = [prompt_text(args, batch[i // args.samples]["question"]) for i in range(N)][rows_mine]
-        golds = [batch[i // args.samples]["answer"] for i in range(N)][rows_mine]
+        # ---- 1. rollouts (no grad) of this rank's rows; eval(): no dropout in the policy that samples
+        prompts, golds = step_batch(args, train_rows, step, rows_mine)
         gen = torch.Generator(device).manual_seed(args.seed * 1_000_003 + step * 1_009 + rank)
-        model.eval()   # eval() for the rollout: no dropout in the policy that samples (Llama has none; others may)
+        model.eval()
         with ctx:
             ro = softcot.rollout(rollout_lm, tok, prompts, mode=args.mode, tau=args.tau, sigma=sigma,
                                  max_cot_tokens=args.max_cot_tokens, max_answer_tokens=args.max_answer_tokens,
                                  answer_temperature=args.answer_temperature, top_k=args.top_k, generator=gen)
         t1 = time.time()
-        # ---- 2-3. rewards (Eq. 11), all-gathered so each rank can form the leave-one-out baselines (Eq. 12)
+        # ---- 2-3. rewards (Eq. 11); every rank needs the whole (B, G) matrix for the leave-one-out baselines
+        # (Eq. 12), and a group may straddle two ranks: each fills its slots of a zero vector, all-reduce sums them
         sc = rewards.score(ro.answer_text, golds)
         r_all = torch.zeros(N, device=device)
         r_all[rows_mine] = torch.tensor(sc.rewards, device=device)
         r_all = all_sum(r_all, world).view(args.prompts_per_step, args.samples)          # (B, G)
         adv = rloo.rloo_advantages(r_all).view(-1)[rows_mine]                             # (n,)
         t2 = time.time()
-        # ---- 4-5. re-score with gradient and update (Eq. 14-15)
+        # ---- 4-5. re-score with gradient, update (Eq. 14-15); a skipped update still advances the schedule
         model.train()
         gnorm, ok, drifted = policy_gradient_step(model, scorer, opt, ro, adv, N, world, args.micro_batch,
                                                   args.grad_clip, ctx, args.rescore_tol)
         sync_rollout_model(model, rollout_lm)   # FSDP: the next rollout samples from the updated weights
-        sched.step()   # a skipped update still advances the schedule: the step count is the data's, not Adam's
+        sched.step()
         skipped += not ok
-        t3 = time.time()
-
-        # ---- diagnostics, summed over ranks
-        cot = ro.cot_len.clamp(min=1).float()
-        stats = torch.tensor([sum(sc.correct), sum(sc.boxed), sc.grader_errors,
-                              sum(r == "cap" for r in ro.stop_reason), sum(r == "eos" for r in ro.stop_reason),
-                              ro.cot_len.sum().item(), ro.answer_len.sum().item(),
-                              (ro.entropy.sum(1) / cot).sum().item(), (ro.noise_ratio.sum(1) / cot).sum().item(),
-                              drifted],
-                             device=device, dtype=torch.float64)
-        stats = (all_sum(stats, world) / N).tolist()
-        m = dict(step=step + 1, lr=sched.get_last_lr()[0], reward=r_all.mean().item(), accuracy=stats[0],
-                 boxed=stats[1], grader_errors=stats[2] * N, cap_rate=stats[3], eos_rate=stats[4],
-                 cot_len=stats[5], answer_len=stats[6], cot_entropy=stats[7], noise_ratio=stats[8],
-                 zero_adv_frac=rloo.zero_advantage_fraction(r_all), grad_norm=gnorm, skipped=skipped,
-                 rescore_mismatch=round(stats[9] * N),
-                 t_rollout=t1 - t0, t_reward=t2 - t1, t_update=t3 - t2)
+        m = dict(step=step + 1, lr=sched.get_last_lr()[0]) | step_metrics(ro, sc, r_all, drifted, world, device) | \
+            dict(grad_norm=gnorm, skipped=skipped, t_rollout=t1 - t0, t_reward=t2 - t1, t_update=time.time() - t2)
+        # ---- 6. greedy validation; the best checkpoint is the paper's model selection
         if (step + 1) % args.val_every == 0 or step + 1 == args.steps:
             m["val_acc"] = validate(args, rollout_lm, tok, val, rank, world, ctx)
             if m["val_acc"] > best:
                 weights, _ = gather_state(args, scorer, opt, with_optimizer=False)   # every rank, under FSDP
                 if master:
                     save_checkpoint(best_dir, model, tok, weights=weights)
-            best = max(best, m["val_acc"])
-            m["val_best"] = best
+            best = m["val_best"] = max(best, m["val_acc"])
         if master:
-            with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(m) + "\n")
-            with open(os.path.join(args.out, "samples.jsonl"), "a") as f:
-                f.write(json.dumps(dict(step=step + 1, prompt=prompts[0], cot=ro.cot_text[0],
-                                        answer=ro.answer_text[0], reward=sc.rewards[0], gold=golds[0],
-                                        stop=ro.stop_reason[0])) + "\n")
-            bar.set_postfix(reward=f"{m['reward']:.1f}", acc=f"{m['accuracy']:.2f}", val=f"{best:.2f}",
-                            gnorm=f"{gnorm:.3g}", cot=f"{m['cot_len']:.0f}",
-                            **({"mismatch": m["rescore_mismatch"]} if m["rescore_mismatch"] else {}))
+            log_step(args, m, dict(prompt=prompts[0], cot=ro.cot_text[0], answer=ro.answer_text[0],
+                                   reward=sc.rewards[0], gold=golds[0], stop=ro.stop_reason[0]), bar, best)
         stop = ctrl_c()
         pause = step + 1 == args.stop_after or stop
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps or pause:
