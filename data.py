@@ -63,7 +63,7 @@ from typing import Callable
 # The prompt (App. B), verbatim
 # --------------------------------------------------------------------------------------------
 
-# Copied character for character from the paper's App. B (PAPER.md §2.2), including its curly
+# Copied character for character from the paper's App. B, including its curly
 # quotes ‘ ’ (U+2018, U+2019) and no space after "Assistant:". App. B prints it as one line;
 # the App. I example shows a line break before "User: <question>", which may be only the
 # typesetting. We keep App. B's single line (one space before "User:"); pass another `template`

@@ -2,7 +2,7 @@
 evaluate.py: pass@k in the paper's six inference settings, out-of-domain accuracy and NLL, CoT entropy,
 tables and plots, for any checkpoint, on one process or many.
 
-Paper: Butt et al., "Soft Tokens, Hard Truths" (arXiv 2509.19170), Sec. 4 and PAPER.md §2.4, §2.6:
+Paper: Butt et al., "Soft Tokens, Hard Truths" (arXiv 2509.19170), Sec. 4, Tables 2-5, Fig. 2-4:
 - Tables 3-5 (Table 1 is their hard columns): every checkpoint in the six settings of softcot.SETTINGS, hard /
   fuzzy / soft CoT x greedy / sample, answers always greedy. Greedy pass@1, sample pass@1 and sample pass@n
   from n = 32 samples per problem, with the unbiased pass@k estimator (`pass_at_k`); "sample" soft and
@@ -15,7 +15,7 @@ Paper: Butt et al., "Soft Tokens, Hard Truths" (arXiv 2509.19170), Sec. 4 and PA
   next-token entropy over all generations still in their CoT at that position), Fig. 2 (training curves,
   from train.py's metrics.jsonl).
 - Table 2, out of domain: accuracy with hard greedy decoding, and the NLL per token of the correct answer.
-  The paper gives no protocol (PAPER.md §6.14). Ours, the same for base and trained models:
+  The paper gives no protocol (docs/decisions.md, "Out-of-domain protocol"). Ours, the same for base and trained models:
     accuracy  one hard greedy rollout (CoT cap as in-domain, greedy answer) on the task's prompt (App. B; the toy
               prompt for --recipe tiny) with the question and its lettered choices ("A. ...", one a line);
               correct if the last \\boxed{} holds the right letter (`B`, `(B)`, `\\text{B}`), the right
@@ -83,7 +83,7 @@ def pass_at_k(n, c, k):
     """Unbiased pass@k (Chen et al. 2021) of one problem with n samples, c of them correct: 1 - C(n-c, k) / C(n, k).
 
     Computed as a product, stable for any n: C(n-c, k) / C(n, k) = prod_{i=n-c+1..n} (1 - k / i). Needs n >= k
-    (fewer samples cannot estimate pass@k); c = 0 gives 0 (human-eval's shortcut returned 1 there, ANCHORS.md).
+    (fewer samples cannot estimate pass@k); c = 0 gives 0 (a shortcut some implementations take returns 1 there).
     """
     if not 1 <= k <= n:
         raise ValueError(f"pass@{k} needs at least k = {k} samples per problem, got n = {n}")

@@ -7,7 +7,7 @@ The paper rewards the final answer a_{b,g} of each rollout (Sec. 4, Eq. 11):
               0    otherwise
 
 What "the answer" is here: the text the rollout produced after the CoT, INCLUDING the prefill,
-e.g. `\\boxed{` + `42}. Human: ...` (PAPER.md §6 item 7). Its LAST `\\boxed{...}` is the
+e.g. `\\boxed{` + `42}. Human: ...` (docs/decisions.md, "Prefills"). Its LAST `\\boxed{...}` is the
 answer: `extract_boxed` takes its content (nested braces handled, an unclosed box is no answer,
 an empty box is no answer). Math-Verify then compares that content with the gold answer:
 `verify(gold, prediction)`, gold FIRST (the check is not symmetric). Both sides are parsed from
@@ -118,7 +118,7 @@ def extract_boxed(text: str) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------
-# GSM8K helpers: gold answers, strict vs flexible accuracy (ANCHORS.md E4/E5)
+# GSM8K helpers: gold answers, strict vs flexible accuracy (lm-eval-harness's two GSM8K metrics)
 # --------------------------------------------------------------------------------------------
 
 

@@ -19,26 +19,11 @@ gives the next input
     soft / fuzzy: h~_t = p_{t-1} E + sigma * eps_t,  eps ~ N(0, I_d)  (Eq. 5-6; tau 0.5 soft, 1e-4 fuzzy;
                                                                   sigma = 0 is the "greedy" setting)
 The rollout stores what the model was fed (token ids, or h~ for soft steps) and never anything V-sized per
-step: p is recomputed, with gradient, in one teacher-forced forward by `sequence_logprobs` (DESIGN.md).
-
-Decisions where the paper is silent (PAPER.md §6), each also stated where it is implemented:
-- sigma = gamma * sqrt(mean_ij E_ij^2): the per-coordinate RMS of the base embedding matrix (§6.1).
-- The trigger matches the decoded CoT text with `rstrip().endswith("The final answer is:")` (§6.6); soft and
-  fuzzy CoTs use the greedy shadow text (argmax of the logits, never fed), hard CoTs their sampled text.
-- An EOS token (hard) or shadow EOS (soft / fuzzy) inside the CoT ends the CoT like the cap does (§6.9): the
-  step stays in the CoT (it was the policy's action and its log-probability counts, so RL can learn not to
-  stop early) and the answer is prefilled with `The final answer is: \\boxed{`. Ignoring it instead would
-  feed the model text after its own end-of-turn.
-- Prefills carry a leading space (" \\boxed{", " The final answer is: \\boxed{"): after the trigger's colon
-  the text then reads as the model's own format does, and BPE vocabularies encode the word-initial tokens
-  a model has seen there. The reward sees the prefill plus the generated answer (§6.7).
-- The answer's EOS is a sampled action: it is kept in the answer and its log-probability counts (§6.5 only
-  excludes the prefill, which is not sampled).
-- Every random number is drawn for all N rows at every step (one uniform and one d-vector per row), so a
-  row's draws depend only on (seed, row, step): rows that finish and leave the batch change nothing for the
-  others. Hard tokens are drawn by inverse CDF from that one uniform.
-- Speed, same semantics: at tau <= 0.1 (fuzzy) `mixture` mixes only the rows of E whose p_i does not underflow
-  to exactly 0 (`_sparse_mixture`; `SPARSE_MIXTURE = False` gives the dense matmul; bench.py measures both).
+step: p is recomputed, with gradient, in one teacher-forced forward by `sequence_logprobs`. Where the paper is
+silent (the noise scale, the stop rule, EOS inside the CoT, the prefills, what a log-probability counts, the
+randomness per row and step, fp32 logits) the choice and its reason are in docs/decisions.md, by those names.
+At tau <= 0.1 (fuzzy) `mixture` mixes only the rows of E whose p_i does not underflow to exactly 0: the same
+value, faster (`_sparse_mixture`; bench.py measures both).
 """
 
 import math
@@ -55,7 +40,7 @@ MODES = ("hard", "soft", "fuzzy")
 TRAIN_TAU = {"hard": 1.0, "soft": 0.5, "fuzzy": 1e-4}   # CoT temperature in training (Sec. 4)
 GAMMA = 0.33                                             # sigma = GAMMA * RMS(E) (Sec. 4, App. F.1)
 
-# The six inference settings of Sec. 4 (PAPER.md §2.4): name -> (mode, CoT tau, noise on). Answers are
+# The six inference settings of Sec. 4: name -> (mode, CoT tau, noise on). Answers are
 # always greedy at test time; "sample" settings are the training variants.
 SETTINGS = {
     "hard_greedy": ("hard", 0.0, False), "hard_sample": ("hard", 1.0, False),
@@ -76,7 +61,8 @@ def unwrap(model):
 
 @torch.no_grad()
 def noise_sigma(model, gamma=GAMMA):
-    """sigma = gamma * sqrt(mean(E**2)) over all V x d entries of the input embedding matrix (PAPER.md §6.1).
+    """sigma = gamma * sqrt(mean(E**2)) over all V x d entries of the input embedding matrix
+    (docs/decisions.md, "Noise scale").
 
     The per-coordinate RMS makes ||sigma * eps|| ~ gamma * sqrt(d) * RMS ~ gamma x a typical embedding norm:
     "noise comparable but a bit smaller than the embeddings". Compute it once, from the base model, and keep

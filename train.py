@@ -1,8 +1,8 @@
 """
 train.py: RLOO on a soft, fuzzy or hard chain of thought, on one process or many.
 
-Paper: Butt et al., "Soft Tokens, Hard Truths" (arXiv 2509.19170), Sec. 4, App. A (RLOO), App. D (optimiser),
-PAPER.md §2.5 (the loop). One step:
+Paper: Butt et al., "Soft Tokens, Hard Truths" (arXiv 2509.19170), Sec. 4, App. A (RLOO), App. D (optimiser).
+One step:
   1. B prompts, G samples each: N = B*G rollouts (softcot.rollout, no grad), sharded across ranks by sequence;
   2. rewards 100 / 10 / 0 (rewards.py, Eq. 11), all-gathered;
   3. leave-one-out advantages (rloo.py, Eq. 12);
@@ -48,7 +48,7 @@ import softcot
 import toy
 
 # ------------------------------------------------------------------------------------------------ recipes
-# The paper's five settings (PAPER.md §3) and the offline toy world. Every field is also a flag.
+# The paper's five settings (Sec. 4, App. D) and the offline toy world. Every field is also a flag.
 PAPER = dict(prompt="paper", steps=4000, prompts_per_step=2, samples=32, max_answer_tokens=32, warmup=20,
              val_size=200, val_every=50, val_cot_tokens=512, micro_batch=4)
 RECIPES = {
