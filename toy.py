@@ -10,9 +10,11 @@ paper's (the CoT ends with the trigger `The final answer is:`, then ` \\boxed{N}
 rewards.py and train.py run exactly the code path they run for Llama-3 on GSM8K. Only the prompt is shorter
 (TOY_PROMPT, not App. B: every character is a token here, and sequence length is what CPU time pays for).
 
-    python toy.py                  # make (or reuse) the base model; print its accuracies and sample diversity
+    python toy.py                  # the shipped base model's accuracies and sample diversity
+    python toy.py --from-scratch   # make the base model here (cached), by the 650-step supervised run
     import toy
-    path = toy.base_model(seed=0)  # HF folder for AutoModelForCausalLM / AutoTokenizer.from_pretrained
+    path = toy.base_model(seed=0)  # HF folder for AutoModelForCausalLM / AutoTokenizer.from_pretrained:
+                                   # models/toy-base-s0, shipped (seeds 0 and 1)
     splits = toy.toy_splits(seed=0)   # {"train", "val", "test", "test_mul", "test_expr"}: lists of rows
 
 The task. "Ann had 7 pens, got 3, lost 2. How many now?" -> " 7+3=10. 10-2=8. The final answer is: \\boxed{8}":
@@ -24,18 +26,25 @@ as a bare expression). Which split a question belongs to is decided by a hash of
 
 The base model: a 1.06 M-parameter Llama (d 128, 4 layers, 4 heads, SwiGLU 512, tied embeddings, vocabulary
 of 100 characters), trained on the worked answers (loss on the completion only): STEPS steps of BATCH rows,
-AdamW lr 2e-3, 50 warm-up steps, cosine to 10%. Measured greedy accuracy (200 problems each):
+AdamW lr 2e-3, 50 warm-up steps, cosine to 10%. The canonical base models ship with the repository
+(models/toy-base-s0, -s1: made 2026-12-01 on an Intel Xeon with 1 torch thread, 180 s and 229 s on a 2-core
+machine shared with other jobs) and are what base_model returns for the default settings. Their greedy accuracy
+(200 problems each; `python toy.py --seed S` prints it, in 4-6 min under that load; the greedy columns are the
+same on any CPU unless two logits tie to the last bit, the sampled column may move by a sample or two):
 
     seed   val    test   test_mul   test_expr   8 samples at T=1 (100 val problems)
-    0      46.5%  44.0%  21.5%      16.0%       34% correct, 4.2 distinct answers per problem
-    1      40.5%  46.5%  29.0%      20.5%       22% correct, 4.7 distinct answers per problem
+    0      38.0%  38.0%  23.0%      11.0%       26% correct, 4.55 distinct answers per problem
+    1      42.0%  46.5%  29.0%      22.0%       26% correct, 4.73 distinct answers per problem
 
-Making it took 138 s (0.21 s per step) with 1 torch thread on a 2-core machine shared with other jobs; 2
-threads there were ~9x slower (contention), on an idle machine they are faster. `python toy.py` in all: 3 min.
+A model made here instead (`python toy.py --from-scratch`, or any change to the settings) is another model on
+another CPU: the same seed-0 settings gave 46.5% val (seed 1: 40.5%) on an AMD EPYC, because the run amplifies
+the last bits of float sums, whose order depends on the CPU and the thread count. On the shared 2 cores, 2
+threads were ~9x slower than 1 (contention); on an idle machine they are faster.
+
 The numbers are small on purpose (1-10): arithmetic facts are what a tiny model spends its steps learning, and
 with 1-20 it needed about twice the steps for the same accuracy. The base model's errors are almost all
 arithmetic slips (`13-4=10.`), not format errors: what RL can fix. Accuracy climbs steeply with steps (calibration
-runs: ~33% at 500 steps, ~70% at 800), so STEPS is what sets the room left for RL.
+runs on the AMD machine, 2026-11-27: ~33% at 500 steps, ~70% at 800), so STEPS is what sets the room left for RL.
 """
 
 import argparse
@@ -66,6 +75,19 @@ SPLITS = ("sft", "train", "val", "test")
 STEPS, BATCH, LR, WARMUP, HELD_OUT_FRAC = 650, 16, 2e-3, 50, 0.1
 MODEL = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True)
+
+# The canonical base models ship with the repository: models/toy-base-s0 and -s1 (the seeds the README uses),
+# made once by base_model's supervised run with the default settings and 1 torch thread (their toy.json says
+# where and when). base_model returns them for the default settings, so `python toy.py` prints the same
+# accuracies on every CPU; SHIPPED_VAL_ACCURACY is what it prints for val (greedy, 200 problems), pinned by
+# tests/test_toy.py together with each model.safetensors' sha256.
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
+SHIPPED_VAL_ACCURACY = {0: 0.38, 1: 0.42}
+FROM_SCRATCH_NOTE = (
+    "  note: a model made here is not the shipped one on another CPU. The supervised run amplifies the last\n"
+    "  bits of the float sums (their order depends on the CPU's vector width, the math library and the torch\n"
+    "  thread count) into different weights, so its accuracies and every RL number built on it differ from\n"
+    "  the README's. It repeats bit for bit on this machine with the same thread count.")
 
 # ------------------------------------------------------------------------------------------------- the task
 
@@ -266,14 +288,17 @@ def train_sft(seed=0, steps=STEPS, batch_size=BATCH, lr=LR, warmup=WARMUP, held_
 
 
 def base_model(seed=0, cache_dir=None, *, steps=STEPS, batch_size=BATCH, lr=LR, warmup=WARMUP,
-               held_out_frac=HELD_OUT_FRAC):
+               held_out_frac=HELD_OUT_FRAC, from_scratch=False):
     """Path of the toy base model: a plain Hugging Face folder (safetensors, config, tokenizer).
 
-    Trains only if the folder is missing. The folder is `<cache_dir>/toy-base-s<seed>-<hash>`, where cache_dir
-    defaults to $SOFTCOT_CACHE, else ~/.cache/softcot, and the hash covers the settings, the model shape, the
-    vocabulary, the prompt and sample problems: changing any of them makes a new model, never a stale one.
-    The model is written to a temporary folder and renamed into place, so a killed run leaves nothing half
-    written. The weights depend on the torch thread count in the last bits (float sums in another order).
+    With the default settings this is the canonical model shipped in the repository (models/toy-base-s<seed>,
+    seeds 0 and 1), so every machine starts from the same weights. Otherwise, or with from_scratch=True, the
+    model is made here by the supervised run, once: the folder is `<cache_dir>/toy-base-s<seed>-<hash>`, where
+    cache_dir defaults to $SOFTCOT_CACHE, else ~/.cache/softcot, and the hash covers the settings, the model
+    shape, the vocabulary, the prompt and sample problems: changing any of them makes a new model, never a stale
+    one (and never the shipped one). The model is written to a temporary folder and renamed into place, so a
+    killed run leaves nothing half written. A made model repeats bit for bit on one machine with one thread
+    count, but not across CPUs (see FROM_SCRATCH_NOTE).
     """
     if not 0 <= held_out_frac <= 1 / len(HELD_OUT):
         raise ValueError(f"held_out_frac is the share of each held-out skill: 0 to {1 / len(HELD_OUT)}")
@@ -282,10 +307,14 @@ def base_model(seed=0, cache_dir=None, *, steps=STEPS, batch_size=BATCH, lr=LR, 
                     vocab=sorted(make_tokenizer().get_vocab().items(), key=lambda kv: kv[1]),
                     sample=[make_rows(2, 0, s, "sft") for s in SKILLS])
     path = cache_path(f"toy-base-s{seed}", settings, cache_dir)
+    shipped = shipped_model(seed, os.path.basename(path))
+    if shipped and not from_scratch:
+        return shipped
     if reuse_cached(path, "toy base model"):
         return path
     print(f"making the toy base model ({steps} supervised steps of {batch_size}, "
-          f"{torch.get_num_threads()} threads) -> {path}", flush=True)
+          f"{torch.get_num_threads()} threads) -> {path}\n{FROM_SCRATCH_NOTE}"
+          + (f"\n  (the shipped model for these settings is {shipped})" if shipped else ""), flush=True)
     t0 = time.time()
     model, tok = train_sft(seed, steps, batch_size, lr, warmup, held_out_frac)
     settings.update(train_seconds=round(time.time() - t0, 1), threads=torch.get_num_threads())
@@ -293,6 +322,19 @@ def base_model(seed=0, cache_dir=None, *, steps=STEPS, batch_size=BATCH, lr=LR, 
                     {k: v for k, v in settings.items() if k not in ("vocab", "sample")})
     print(f"toy base model ready in {time.time() - t0:.0f}s", flush=True)
     return path
+
+
+def shipped_model(seed, cache_name):
+    """The shipped folder models/toy-base-s<seed> if it was made with exactly the settings that name the cache
+    folder `cache_name` (its toy.json records that name), else None: after any change to the settings, the
+    model shape, the vocabulary, the prompt or the problems, the shipped weights no longer apply."""
+    folder = os.path.join(SHIPPED_DIR, f"toy-base-s{seed}")
+    try:
+        with open(os.path.join(folder, "toy.json")) as f:
+            notes = json.load(f)
+    except FileNotFoundError:
+        return None
+    return folder if notes.get("cache_name") == cache_name else None
 
 
 def cache_path(name, settings, cache_dir=None):
@@ -422,13 +464,19 @@ def sample_stats(model, tok, rows, num_samples=8, seed=0):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="Make (or reuse) the toy base model and print its accuracies.")
+    ap = argparse.ArgumentParser(description="Print the toy base model's accuracies: the shipped one (seeds 0 and 1), "
+                                 "or one made here (--from-scratch, or a seed with no shipped model).")
     ap.add_argument("--seed", type=int, default=0, help="seed of the supervised run and of the problems")
-    ap.add_argument("--cache-dir", help="parent folder of the model (default: $SOFTCOT_CACHE or ~/.cache/softcot)")
+    ap.add_argument("--from-scratch", action="store_true",
+                    help="make the model here by the supervised run (cached) instead of loading the shipped one")
+    ap.add_argument("--cache-dir", help="parent folder of a model made here (default: $SOFTCOT_CACHE or "
+                    "~/.cache/softcot)")
     args = ap.parse_args()
     t0 = time.time()
-    path = base_model(args.seed, args.cache_dir)
+    path = base_model(args.seed, args.cache_dir, from_scratch=args.from_scratch)
     print(f"base model: {path} ({time.time() - t0:.0f}s)")
+    if not path.startswith(SHIPPED_DIR):
+        print(f"made here, not shipped: use it with train.py / evaluate.py --model {path}")
     model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     splits = toy_splits(args.seed)
     for name in ["val", "test"] + [f"test_{s}" for s in HELD_OUT]:
