@@ -206,7 +206,8 @@ def validate_args(p, args):
     problem = toy.unwritable(args.out)
     if problem:
         p.error(f"--out {args.out}: cannot write there ({problem}); pass a folder you can write")
-    if args.model in ("toy", "smol"):   # built or converted into the cache on first use
+    shipped = args.model == "toy" and os.path.isdir(os.path.join(toy.SHIPPED_DIR, f"toy-base-s{args.seed}"))
+    if args.model in ("toy", "smol") and not shipped:   # built or converted into the cache on first use
         problem = toy.unwritable(toy.cache_root())
         if problem:
             p.error(f"--model {args.model} is made once in {toy.cache_root()}, which cannot be written ({problem}); "
