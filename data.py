@@ -78,7 +78,7 @@ PROMPT = (
 PLACEHOLDER = "QUESTION"  # the paper's own placeholder; str.format would trip on \boxed{}
 
 
-def format_prompt(question: str, template: str = PROMPT) -> str:
+def format_prompt(question, template=PROMPT):
     """The template with its single QUESTION placeholder replaced by `question`."""
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"question must be a non-empty str, got {question!r}")
@@ -97,7 +97,7 @@ def format_prompt(question: str, template: str = PROMPT) -> str:
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
-def last_boxed(text: str) -> str | None:
+def last_boxed(text):
     """Content of the last `\\boxed{...}` (or `\\fbox{...}`, which a few MATH solutions use)
     in a solution, braces nested, `\\{ \\}` literal; None if absent or unclosed. (rewards.py has
     the answer-side twin, `\\boxed` only; this module imports nothing of ours.)"""
@@ -121,14 +121,14 @@ class _BadRow(Exception):
     """A row of the benchmark that has no usable question or answer (counted and reported)."""
 
 
-def _text(row: dict, key: str) -> str:
+def _text(row, key):
     value = row.get(key)
     if not isinstance(value, str) or not value.strip():
         raise _BadRow(f"no {key!r}")
     return value.strip()
 
 
-def _boxed_gold(solution: str) -> str:
+def _boxed_gold(solution):
     gold = last_boxed(solution)
     if gold is None or not gold.strip():
         raise _BadRow("solution has no \\boxed{} answer")
@@ -140,7 +140,7 @@ def _boxed_gold(solution: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _gsm8k(row: dict) -> dict:
+def _gsm8k(row):
     field = _text(row, "answer")
     if "####" not in field:
         raise _BadRow("answer has no '####'")
@@ -150,13 +150,13 @@ def _gsm8k(row: dict) -> dict:
     return {"question": _text(row, "question"), "answer": gold, "solution": field}
 
 
-def _math(row: dict) -> dict:
+def _math(row):
     solution = _text(row, "solution")
     return {"question": _text(row, "problem"), "answer": _boxed_gold(solution),
             "solution": solution, "level": row.get("level"), "type": row.get("type")}
 
 
-def _with_answer_field(row: dict) -> dict:
+def _with_answer_field(row):
     """DeepScaleR, MATH-500: the `answer` field, else the solution's last box."""
     solution = row.get("solution") if isinstance(row.get("solution"), str) else ""
     answer = row.get("answer")
@@ -168,8 +168,8 @@ def _with_answer_field(row: dict) -> dict:
     return out
 
 
-def _olympiadbench(row: dict) -> dict | None:
-    def field_is(key: str, prefix: str) -> bool:  # absent fields do not exclude a row
+def _olympiadbench(row):
+    def field_is(key, prefix):  # absent fields do not exclude a row
         value = row.get(key)
         return value is None or str(value).strip().lower().startswith(prefix)
 
@@ -194,7 +194,7 @@ def _olympiadbench(row: dict) -> dict | None:
             "id": row.get("id"), "unit": row.get("unit")}
 
 
-def _multiple_choice(question: str, choices: list, label: int, **extra) -> dict:
+def _multiple_choice(question, choices, label, **extra):
     if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
         raise _BadRow("choices must be a list of at least two strings")
     if not 0 <= label < len(choices):
@@ -202,14 +202,14 @@ def _multiple_choice(question: str, choices: list, label: int, **extra) -> dict:
     return {"question": question, "choices": choices, "label": label, "answer": choices[label], **extra}
 
 
-def _hellaswag_clean(text: str) -> str:
+def _hellaswag_clean(text):
     # WikiHow contexts carry markup such as " [title]" and "[step]"; drop it.
     text = text.replace(" [title]", ". ")
     text = re.sub(r"\[.*?\]", "", text)
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _hellaswag(row: dict) -> dict:
+def _hellaswag(row):
     label = row.get("label")
     if label is None or str(label).strip() == "":
         raise _BadRow("no label (HellaSwag's test labels are hidden: use validation)")
@@ -223,7 +223,7 @@ def _hellaswag(row: dict) -> dict:
     return _multiple_choice(question, endings, int(label))
 
 
-def _arc(row: dict) -> dict:
+def _arc(row):
     choices = row.get("choices") or {}
     texts, labels = choices.get("text"), choices.get("label")
     if not isinstance(texts, list) or not isinstance(labels, list) or row.get("answerKey") not in labels:
@@ -231,7 +231,7 @@ def _arc(row: dict) -> dict:
     return _multiple_choice(_text(row, "question"), texts, labels.index(row["answerKey"]), id=row.get("id"))
 
 
-def _mmlu(row: dict) -> dict:
+def _mmlu(row):
     answer = row.get("answer")
     if isinstance(answer, str) and answer.strip() in ("A", "B", "C", "D"):
         answer = "ABCD".index(answer.strip())
@@ -258,7 +258,7 @@ class Source:
     row: Callable[[dict], dict | None]  # one hub row -> our dict
 
 
-def _same(*names: str) -> dict:
+def _same(*names):
     return {n: n for n in names}
 
 
@@ -275,7 +275,7 @@ DATASETS = {
 }
 
 
-def read_rows(path: str | Path) -> list[dict]:
+def read_rows(path):
     """Rows of a local .json (list, or JSON Lines), .jsonl or .parquet file."""
     path = Path(path)
     if not path.is_file():
@@ -306,7 +306,7 @@ def read_rows(path: str | Path) -> list[dict]:
     return rows
 
 
-def _hub_rows(name: str, source: Source, split: str) -> list[dict]:
+def _hub_rows(name, source, split):
     hint = (f"Pass path= to a local .jsonl/.json/.parquet file in the {source.repo} schema "
             "(downloaded on a machine with hub access), or use the offline toy world "
             "(python train.py --recipe tiny).")
@@ -326,7 +326,7 @@ def _hub_rows(name: str, source: Source, split: str) -> list[dict]:
     return rows
 
 
-def load(name: str, split: str, path: str | Path | None = None, limit: int | None = None) -> list[dict]:
+def load(name, split, path=None, limit=None):
     """The usable rows of dataset `name`'s `split`, from the hub or from a local `path`.
 
     `limit` keeps the first `limit` usable rows (in file order). Unusable rows are reported in
@@ -371,7 +371,7 @@ def load(name: str, split: str, path: str | Path | None = None, limit: int | Non
     return rows[:limit] if limit is not None else rows
 
 
-def split_train_val(rows: list[dict], n_val: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+def split_train_val(rows, n_val, seed=0):
     """A fixed held-out validation slice of a training split, for model selection (Sec. 4).
 
     The `n_val` rows whose sha256(seed, question) is smallest form `val`; the rest, in their
@@ -382,7 +382,7 @@ def split_train_val(rows: list[dict], n_val: int, seed: int = 0) -> tuple[list[d
     if not 0 <= n_val < len(rows):
         raise ValueError(f"n_val must be in [0, {len(rows)}) for {len(rows)} rows, got {n_val}")
 
-    def key(i: int) -> tuple[str, int]:
+    def key(i):
         question = rows[i].get("question")
         if not isinstance(question, str):
             raise ValueError(f"rows[{i}] has no 'question' string; pass rows made by data.load")

@@ -30,8 +30,8 @@ Only running sums are stored, never K gradients: each cell keeps M bucket sums o
 goes to bucket floor(k M / K), M = --buckets), the per-batch squared norms, and one per-coordinate sum of squares
 of the total gradient (for Adam). Standard errors are delete-one-bucket jackknife estimates over the M buckets
 (for Adam's cosine, v is held at its all-batch estimate; none where a left-out estimate of ||E[g]||^2 is <= 0).
-The jackknife is conservative here: on synthetic vectors it overstates the SE of ||E[g]||^2 by 1.3-1.6x. Memory: (2 M + 3) x 4 bytes per parameter on top of the
-training step's (SmolLM2-135M, M = 4: 5.9 GB).
+The jackknife is conservative here: on synthetic vectors it overstates the SE of ||E[g]||^2 by 1.3-1.6x.
+Memory: (2 M + 3) x 4 bytes per parameter on top of the training step's (SmolLM2-135M, M = 4: 5.9 GB).
 
 The batches follow train.py's step 1: its B prompts (the step-seeded draw from the training split), each
 repeated G times, rollouts at the mode's training settings (softcot.TRAIN_TAU, sigma = gamma RMS(E) from

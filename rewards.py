@@ -87,7 +87,7 @@ from fractions import Fraction
 _BOXED = re.compile(r"\\boxed\s*\{")
 
 
-def extract_boxed(text: str) -> str | None:
+def extract_boxed(text):
     """Content of the LAST `\\boxed{...}` in `text`, or None.
 
     Braces nest (`\\boxed{\\frac{1}{2}}` -> `\\frac{1}{2}`); escaped braces `\\{ \\}` are literal
@@ -118,11 +118,51 @@ def extract_boxed(text: str) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------
+# The reward of Eq. 11: `score` (a batch) and `reward` (one answer), graded by one shared Grader
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scores:
+    """One entry per answer, in input order."""
+
+    rewards: list[float]  # 100 / 10 / 0 (Eq. 11)
+    correct: list[bool]  # Math-Verify accepted the boxed answer
+    boxed: list[bool]  # an extractable, non-empty \boxed{} answer
+    grader_errors: int  # errors + timeouts, counted (their answers got 10)
+    error_messages: list[str] = field(default_factory=list)  # why, one per error
+
+
+_default = None                    # the shared Grader, made at first use
+_default_lock = threading.Lock()
+
+
+def default_grader():
+    """The process-wide Grader behind `score` and `reward`, made at first use."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Grader()
+            atexit.register(_default.close)
+        return _default
+
+
+def score(answers, golds):
+    """Eq. 11 rewards, correctness, boxed flags and the grader-error count for a batch."""
+    return default_grader().score(answers, golds)
+
+
+def reward(answer, gold):
+    """Eq. 11 for one answer: 100 (correct), 10 (boxed but wrong), 0 (no boxed answer)."""
+    return score([answer], [gold]).rewards[0]
+
+
+# --------------------------------------------------------------------------------------------
 # GSM8K helpers: gold answers, strict vs flexible accuracy (lm-eval-harness's two GSM8K metrics)
 # --------------------------------------------------------------------------------------------
 
 
-def gsm8k_gold(answer_field: str) -> str:
+def gsm8k_gold(answer_field):
     """The gold of a GSM8K `answer` field: the number after the last `####`, commas removed.
 
     `"... #### 1,000"` -> `"1000"`, `"#### -3"` -> `"-3"`. (data.py has the same rule for its
@@ -142,7 +182,7 @@ def gsm8k_gold(answer_field: str) -> str:
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
-def _as_number(s: str | None) -> Fraction | None:
+def _as_number(s):
     """A plain number written in `s` (commas, `$`, `\\$`, `\\!`, spaces, a final `.` ignored)."""
     if s is None:
         return None
@@ -153,7 +193,7 @@ def _as_number(s: str | None) -> Fraction | None:
     return Fraction(s)
 
 
-def gsm8k_strict_flexible(text: str, gold: str) -> tuple[bool, bool]:
+def gsm8k_strict_flexible(text, gold):
     """(strict, flexible) correctness of a GSM8K completion, compared numerically with `gold`.
 
     strict:   the last `\\boxed{}` holds exactly a number equal to the gold (the format the
@@ -176,7 +216,7 @@ def gsm8k_strict_flexible(text: str, gold: str) -> tuple[bool, bool]:
 # --------------------------------------------------------------------------------------------
 
 
-def _serve() -> None:
+def _serve():
     """Answer one JSON request per line on stdin: {"gold", "pred"} -> {"correct"} or {"error"}."""
     import logging
     from functools import lru_cache
@@ -191,14 +231,14 @@ def _serve() -> None:
     os.dup2(2, 1)
     configs = [LatexExtractionConfig(), ExprExtractionConfig()]
 
-    def parse_math(s: str) -> list:
+    def parse_math(s):
         return parse(f"${s}$", extraction_config=configs, parsing_timeout=None, raise_on_error=True)
 
     @lru_cache(maxsize=4096)  # a gold is graded against all G samples of its prompt
-    def parse_gold(gold: str) -> list:
+    def parse_gold(gold):
         return parse_math(gold.strip().strip("$"))
 
-    def check(gold: str, pred: str) -> bool:
+    def check(gold, pred):
         g = parse_gold(gold)
         if not g:
             raise ValueError(f"Math-Verify could not parse the gold answer {gold!r}")
@@ -233,19 +273,8 @@ def _serve() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# The parent side: a Grader owns one worker; `score` turns verdicts into Eq. 11 rewards
+# The parent side: a Grader owns one worker, with a wall-clock deadline per check
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Scores:
-    """One entry per answer, in input order."""
-
-    rewards: list[float]  # 100 / 10 / 0 (Eq. 11)
-    correct: list[bool]  # Math-Verify accepted the boxed answer
-    boxed: list[bool]  # an extractable, non-empty \boxed{} answer
-    grader_errors: int  # errors + timeouts, counted (their answers got 10)
-    error_messages: list[str] = field(default_factory=list)  # why, one per error
 
 
 class Grader:
@@ -256,7 +285,7 @@ class Grader:
     first check; after a timeout or crash it is restarted at the next check.
     """
 
-    def __init__(self, timeout: float = 5.0, startup_timeout: float = 120.0):
+    def __init__(self, timeout=5.0, startup_timeout=120.0):
         if timeout <= 0 or startup_timeout <= 0:
             raise ValueError("timeout and startup_timeout must be positive (seconds)")
         self.timeout, self.startup_timeout = timeout, startup_timeout
@@ -269,7 +298,7 @@ class Grader:
 
     # -- worker lifetime --------------------------------------------------------------------
 
-    def _spawn(self) -> None:
+    def _spawn(self):
         self._proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--serve"],
             stdin=subprocess.PIPE,
@@ -278,13 +307,13 @@ class Grader:
         )
         self._ready, self._buf = False, b""
 
-    def _kill(self) -> None:
+    def _kill(self):
         if self._proc is not None:
             self._proc.kill()
             self._proc.communicate()  # reap it and close its pipes
             self._proc = None
 
-    def close(self) -> None:
+    def close(self):
         """Stop the worker (it also exits by itself when this process dies: stdin closes)."""
         with self._lock:
             if self._proc is not None:
@@ -294,13 +323,13 @@ class Grader:
                 except subprocess.TimeoutExpired:
                     self._kill()
 
-    def __enter__(self) -> Grader:
+    def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc):
         self.close()
 
-    def _readline(self, deadline: float) -> bytes | None:
+    def _readline(self, deadline):
         """One line from the worker, or None at the deadline. EOFError if the worker died."""
         fd = self._proc.stdout.fileno()
         while b"\n" not in self._buf:
@@ -314,7 +343,7 @@ class Grader:
         line, _, self._buf = self._buf.partition(b"\n")
         return line
 
-    def _ensure_ready(self) -> None:
+    def _ensure_ready(self):
         if self._proc is not None and self._ready and self._proc.poll() is not None:
             self._kill()  # died while idle (e.g. the out-of-memory killer): replace it
             self.restarts += 1
@@ -339,7 +368,7 @@ class Grader:
 
     # -- checks -------------------------------------------------------------------------------
 
-    def check(self, gold: str, pred: str) -> tuple[bool, str | None]:
+    def check(self, gold, pred):
         """Does Math-Verify accept `pred` (the boxed content) for `gold`? -> (correct, error).
 
         `error` is None on a clean verdict; otherwise it says why the check failed (the answer
@@ -365,7 +394,7 @@ class Grader:
                 return False, reply["error"]
             return bool(reply["correct"]), None
 
-    def score(self, answers: list[str], golds: list[str]) -> Scores:
+    def score(self, answers, golds):
         """Eq. 11 for a batch: answers[i] (prefill + generated text) against golds[i]."""
         if len(answers) != len(golds):
             raise ValueError(f"{len(answers)} answers but {len(golds)} golds; pass one gold per answer")
@@ -399,31 +428,7 @@ class Grader:
         return out
 
 
-_default: Grader | None = None
-_default_lock = threading.Lock()
-
-
-def default_grader() -> Grader:
-    """The process-wide Grader behind `score` and `reward`, made at first use."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = Grader()
-            atexit.register(_default.close)
-        return _default
-
-
-def score(answers: list[str], golds: list[str]) -> Scores:
-    """Eq. 11 rewards, correctness, boxed flags and the grader-error count for a batch."""
-    return default_grader().score(answers, golds)
-
-
-def reward(answer: str, gold: str) -> float:
-    """Eq. 11 for one answer: 100 (correct), 10 (boxed but wrong), 0 (no boxed answer)."""
-    return score([answer], [gold]).rewards[0]
-
-
-def _benchmark() -> None:
+def _benchmark():
     """Print the worker's start-up time and the time per check (the docstring's numbers)."""
     integers = [(str(n), str(n + k)) for n in range(100, 140) for k in (0, 1)]
     symbolic = [

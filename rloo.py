@@ -44,7 +44,7 @@ from __future__ import annotations
 import torch
 
 
-def _as_reward_matrix(rewards) -> torch.Tensor:
+def _as_reward_matrix(rewards):
     r = torch.as_tensor(rewards)
     if r.dim() != 2:
         raise ValueError(
@@ -56,7 +56,7 @@ def _as_reward_matrix(rewards) -> torch.Tensor:
     return r.detach()  # rewards and baselines are constants w.r.t. theta (App. A)
 
 
-def rloo_advantages(rewards) -> torch.Tensor:
+def rloo_advantages(rewards):
     """Eq. 12: A_{b,g} = r_{b,g} - mean of the other G-1 rewards of prompt b.   (B, G) -> (B, G)
 
     No standard-deviation normalisation; the result carries no gradient. Each row sums to 0,
@@ -73,16 +73,14 @@ def rloo_advantages(rewards) -> torch.Tensor:
     return r - baseline  # (B, G)  Eq. 12
 
 
-def zero_advantage_fraction(rewards) -> float:
+def zero_advantage_fraction(rewards):
     """Fraction of prompts whose G rewards are all equal: their advantages are all 0, so they
     give no learning signal (all right, all wrong, or all unboxed)."""
     r = _as_reward_matrix(rewards)  # (B, G)
     return (r == r[:, :1]).all(dim=1).float().mean().item()
 
 
-def rloo_loss(
-    logp: torch.Tensor, adv: torch.Tensor, num_global_sequences: int, world_size: int = 1
-) -> torch.Tensor:
+def rloo_loss(logp, adv, num_global_sequences, world_size=1):
     """Eq. 14 for one micro-batch: -world_size * sum(A * l) / num_global_sequences.
 
     logp: (n,) per-sequence log-prob SUMS l (Eq. 13), with grad.
@@ -105,7 +103,7 @@ def rloo_loss(
     return -world_size * weighted.sum() / num_global_sequences  # Eq. 14 (its share)
 
 
-def rank_slice(num_sequences: int, rank: int, world_size: int) -> slice:
+def rank_slice(num_sequences, rank, world_size):
     """This rank's contiguous share of the flattened (B*G,) sequences, prompt-major.
 
     Shares differ by at most one sequence when P does not divide B*G; a group may straddle two
