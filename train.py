@@ -618,6 +618,25 @@ def catch_ctrl_c(world, device):
     return lambda: all_sum(torch.tensor([float(len(pressed))], device=device), world).item() > 0
 
 
+def save_best(args, model, scorer, opt, tok, master, logs=None):
+    """<out>/best: the weights only (every rank gathers under FSDP; rank 0 writes). logs: start metrics.jsonl and
+    samples.jsonl afresh with this line (the base model's validation)."""
+    weights, _ = gather_state(args, scorer, opt, with_optimizer=False)
+    if master:
+        save_checkpoint(os.path.join(args.out, "best"), model, tok, weights=weights)
+        if logs is not None:
+            open(os.path.join(args.out, "metrics.jsonl"), "w").write(json.dumps(logs) + "\n")
+            open(os.path.join(args.out, "samples.jsonl"), "w").close()
+
+
+def save_last(args, model, scorer, opt, tok, master, state):
+    """<out>/last: weights, optimizer and trainer state, for --resume; the previous one stays as last.prev/."""
+    weights, opt_state = gather_state(args, scorer, opt, with_optimizer=True)
+    if master:
+        save_checkpoint(os.path.join(args.out, "last"), model, tok, dict(optimizer=opt_state) | state,
+                        weights=weights, keep_previous=True)
+
+
 def gather_state(args, scorer, opt, with_optimizer):
     """(weights, optimizer state) as full tensors on rank 0, for a checkpoint. Without FSDP they are the model's
     own and opt.state_dict(); under FSDP every rank must call this (it gathers the shards) and rank 0 gets them."""
@@ -749,11 +768,7 @@ def main(argv=None):
     if start == 0:   # the base model's validation: the bar to beat, and best/ until something beats it
         best = validate(args, rollout_lm, tok, val, rank, world, ctx)
         print0(f"step 0 (base model): greedy validation accuracy {best:.3f}")
-        weights, _ = gather_state(args, scorer, opt, with_optimizer=False)
-        if master:
-            save_checkpoint(best_dir, model, tok, weights=weights)
-            open(os.path.join(args.out, "metrics.jsonl"), "w").write(json.dumps({"step": 0, "val_acc": best}) + "\n")
-            open(os.path.join(args.out, "samples.jsonl"), "w").close()
+        save_best(args, model, scorer, opt, tok, master, logs={"step": 0, "val_acc": best})
 
     ctrl_c = catch_ctrl_c(world, device)
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not master, dynamic_ncols=True)
@@ -789,9 +804,7 @@ def main(argv=None):
         if (step + 1) % args.val_every == 0 or step + 1 == args.steps:
             m["val_acc"] = validate(args, rollout_lm, tok, val, rank, world, ctx)
             if m["val_acc"] > best:
-                weights, _ = gather_state(args, scorer, opt, with_optimizer=False)   # every rank, under FSDP
-                if master:
-                    save_checkpoint(best_dir, model, tok, weights=weights)
+                save_best(args, model, scorer, opt, tok, master)
             best = m["val_best"] = max(best, m["val_acc"])
         if master:
             log_step(args, m, dict(prompt=prompts[0], cot=ro.cot_text[0], answer=ro.answer_text[0],
@@ -799,11 +812,8 @@ def main(argv=None):
         stop = ctrl_c()
         pause = step + 1 == args.stop_after or stop
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps or pause:
-            weights, opt_state = gather_state(args, scorer, opt, with_optimizer=True)
-            if master:
-                save_checkpoint(last_dir, model, tok, dict(optimizer=opt_state, scheduler=sched.state_dict(),
-                                                           step=step + 1, best=best, skipped=skipped, sigma=sigma),
-                                weights=weights, keep_previous=True)
+            save_last(args, model, scorer, opt, tok, master, dict(scheduler=sched.state_dict(), step=step + 1,
+                                                                  best=best, skipped=skipped, sigma=sigma))
         if world > 1:
             dist.barrier()   # the other ranks wait for rank 0's checkpoint, so a kill never finds them a step ahead
         if pause:
