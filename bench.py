@@ -25,7 +25,7 @@ Markdown tables on stdout; every number also goes to --out (JSON).
 4. The mixture alone: dense against sparse (fuzzy), and the fused attention read softmax(h W^T / tau) E (one
    scaled_dot_product_attention over the vocabulary: query the final hidden state h, keys the output embeddings
    W, values the input embeddings E) against the plain path (soft). softcot does not use the attention read: it
-   measured slower here (README).
+   measured slower here (docs/benchmarks.md).
 5. The precision policy: fp32 LM-head logits (softcot.FP32Head) against bf16 ones, under bf16 autocast over fp32
    master weights, in a fuzzy rollout and in the re-scoring step.
 

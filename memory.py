@@ -24,7 +24,7 @@ import os
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-# Published shapes of the paper's models, so that the plan needs no download (memory.py's table, the README).
+# Published shapes of the paper's models, so that the plan needs no download (memory.py's table, the README, docs/training.md).
 PAPER_MODELS = {
     "meta-llama/Llama-3.2-3B-Instruct": LlamaConfig(
         vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,

@@ -56,7 +56,7 @@ TOKENIZER_FIX = dict(eos_token=EOS, pad_token=EOS, clean_up_tokenization_spaces=
 # format sentence `'User: [question] Assistant: [detailed reasoning] The final answer is: \boxed{[answer]}.'`,
 # because this model copies its placeholder: after the answer prefill `The final answer is: \boxed{` it writes
 # `[answer]}` (88% of the answers with CHAT_PROMPT). The answer prefill (App. C) still imposes the format.
-# Measured on 100 validation problems, hard greedy, CoT cap 32 / 64, answer cap 4 (README, "Prompt"):
+# Measured on 100 validation problems, hard greedy, CoT cap 32 / 64, answer cap 4 (docs/smollm2.md, "Prompt"):
 # raw App. B 0% / 0%, CHAT_PROMPT 2% / 2%, App. B without the format sentence as the user turn 6% / -,
 # SYSTEM_PROMPT 13% / 21%, the bare question with SmolLM2's default system turn 14% / 21%. We keep App. B's
 # instruction (same accuracy as the bare question).

@@ -706,7 +706,7 @@ def step_batch(args, train_rows, step, rows_mine):
 
 
 def step_metrics(ro, sc, r_all, drifted, world, device):
-    """A step's diagnostics (README, "Reading a run"), summed over ranks, per sequence."""
+    """A step's diagnostics (docs/metrics.md), summed over ranks, per sequence."""
     N = r_all.numel()
     cot = ro.cot_len.clamp(min=1).float()
     stats = torch.tensor([sum(sc.correct), sum(sc.boxed), sc.grader_errors,
