@@ -24,6 +24,8 @@ import os
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
+import softcot
+
 # Published shapes of the paper's models, so that the plan needs no download (memory.py's table, the README, docs/training.md).
 PAPER_MODELS = {
     "meta-llama/Llama-3.2-3B-Instruct": LlamaConfig(
@@ -56,9 +58,8 @@ def shape(config):
 def plan(config, args, world, device, prompt_tokens=PROMPT_TOKENS):
     """Bytes per process for `args` (train.py's flags) on `world` processes; 'device' is what the device has."""
     n_param, n_layer, n_emb = shape(config)
-    master = 2 if args.dtype == "bfloat16" else 4
-    bf16 = args.compute_dtype == "bfloat16" or (args.compute_dtype == "auto" and device.type == "cuda")
-    compute = 2 if (bf16 or master == 2) else 4
+    master = softcot.resolve_dtype(args.dtype, device).itemsize                  # bytes per weight
+    compute = min(master, softcot.resolve_dtype(args.compute_dtype, device).itemsize)
     shards = world if args.fsdp else 1
     d, V, L = config.hidden_size, config.vocab_size, config.num_hidden_layers
     head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads

@@ -95,6 +95,13 @@ class FP32Head(torch.nn.Linear):
             return F.linear(x.float(), self.weight.float(), bias)   # .float() is free on fp32 master weights
 
 
+def resolve_dtype(name, device):
+    """'auto' | 'float32' | 'bfloat16' -> a torch dtype; auto is bf16 on a GPU, fp32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
 def use_fp32_head(model):
     """Make `model`'s LM head an FP32Head, in place; returns the model.
 

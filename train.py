@@ -255,10 +255,7 @@ def model_path(args, rank, world):
 # compute copies. The LM head, the mixture p E and every log-probability are fp32 (softcot.FP32Head: at
 # tau = 1e-4 a bf16 logit's rounding decides the token). CPU runs everything in fp32 unless told otherwise.
 def dtypes(args, device):
-    master = getattr(torch, args.dtype)
-    compute = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32,
-               "float32": torch.float32, "bfloat16": torch.bfloat16}[args.compute_dtype]
-    return master, compute
+    return softcot.resolve_dtype(args.dtype, device), softcot.resolve_dtype(args.compute_dtype, device)
 
 
 def compute_context(device, compute, fsdp):
@@ -288,16 +285,20 @@ def load_for_inference(args, device, rank, world):
     """(model, tok) for evaluation: no optimizer, so the weights are in the compute dtype (--dtype auto: bf16 on GPU)
     with the fp32 head of the precision policy."""
     path = model_path(args, rank, world)
-    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32,
-             "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    dtype = softcot.resolve_dtype(args.dtype, device)
     try:
         model = softcot.use_fp32_head(AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device))
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = load_tokenizer(path)
     except (OSError, ValueError) as e:
         raise load_error(path, e)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
     return model, tok
+
+
+def load_tokenizer(path):
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:       # Llama 3 ships without one; pads are masked, so any id works
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 def load_model(args, path, device, rank, world):
@@ -306,7 +307,7 @@ def load_model(args, path, device, rank, world):
     FSDP a full compute-dtype copy on every rank, refreshed after each update by `sync_rollout_model`)."""
     master, compute = dtypes(args, device)
     try:
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = load_tokenizer(path)
         if args.fsdp:
             lm, scorer, rollout_lm = load_fsdp(args, path, device, rank, master, compute)
         else:
@@ -321,8 +322,6 @@ def load_model(args, path, device, rank, world):
         rollout_lm = lm
     if args.grad_ckpt:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if tok.pad_token is None:       # Llama 3 ships without one; pads are masked, so any id works
-        tok.pad_token = tok.eos_token
     return lm, scorer, rollout_lm, tok
 
 
