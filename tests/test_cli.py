@@ -148,6 +148,9 @@ def test_unwritable_cache_is_refused_before_the_base_model_is_made(where, monkey
     argv[argv.index("--model") + 1] = "toy"
     assert train.parse_args(argv).model == "toy"          # seed 0's base model ships in models/: no cache needed
     assert "SOFTCOT_CACHE" in refused("train", argv + ["--seed", "7"], capsys)   # seed 7's is made in the cache
+    argv[argv.index("--model") + 1] = "toy-calibrated"
+    assert train.parse_args(argv).model == "toy-calibrated"          # shipped for seed 0
+    assert "SOFTCOT_CACHE" in refused("train", argv + ["--seed", "1"], capsys)
 
 
 def run_refused(cmd, flag, env=ENV):

@@ -17,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # were all measured from exactly these files: a different file makes them stale.
 SHIPPED_SHA256 = {0: "9f12876ea74512ec02777dc05ecd86d2d4a561a8f7704ec572d5c265b8d076d7",
                   1: "742966b7917b61cdf5e3a11558fb7bea4ea1fda2e45a8d809a741020e402680e"}
+CALIBRATED_SHA256 = "b910f6deceba4b4142d67338606c0f280380bff3036f3b35ee9f7aad9da6dffc"   # models/toy-calibrated-s0
 
 
 def evaluate_steps(row):
@@ -44,6 +45,49 @@ def test_rows_are_deterministic_and_correct(skill):
         assert x == gold == int(toy.gold(row))
         assert toy.cot_target(row).endswith(f" The final answer is: \\boxed{{{gold}}}")
         assert toy.cot_target(row).count(toy.TRIGGER) == 1
+
+
+def replay_target(target):
+    """Parse a phrased CoT target back into its steps [(a, op, b, written r)] and its boxed answer."""
+    words = {"plus": "+", "minus": "-", "times": "*"}
+    body, boxed = re.fullmatch(r" (.*) The final answer is: \\boxed\{(\d+)\}", target).groups()
+    steps = []
+    for m in re.finditer(r"(\d+)(?:([-+*])| ([-+*]) | (plus|minus|times) )(\d+)(?:=| = | is )(-?\d+)\.", body):
+        a, op1, op2, word, b, r = m.groups()
+        steps.append((int(a), op1 or op2 or words[word], int(b), int(r)))
+    assert " ".join(m.group(0) for m in re.finditer(r"\S+( \S+)*?\.", body)) == body
+    return steps, int(boxed)
+
+
+@pytest.mark.parametrize("skill", toy.SKILLS)
+def test_phrasings_and_label_noise(skill):
+    """The calibrated world's knobs: each step in one of the allowed phrasings; with label noise, a wrong result
+    off by 1-2, the next step starting from the written number, the boxed answer the chain's written end."""
+    import random
+    rows = toy.make_rows(200, 0, skill, "sft")
+    rng = random.Random(0)
+    assert [toy.cot_target(r, rng, 1, 0.0) for r in rows] == [toy.cot_target(r) for r in rows]   # knobs off
+    styles, wrong, total = set(), 0, 0
+    for row in rows:
+        target = toy.cot_target(row, rng, phrasings=3, label_noise=0.0)
+        steps, boxed = replay_target(target)
+        assert [(a, op, b, r) for a, op, b, r in steps] == [
+            (int(a), op, int(b), int(r)) for a, op, b, r in (toy.STEP.fullmatch(x).groups()
+                                                             for x in row["answer"].split("\n####")[0].split("\n"))]
+        assert boxed == int(toy.gold(row))
+        styles |= {("=" in target) + 2 * (" = " in target) + 4 * (" is " in target)}
+        steps, boxed = replay_target(toy.cot_target(row, rng, phrasings=1, label_noise=0.5))
+        x = steps[0][0]
+        for a, op, b, r in steps:
+            assert a == x                              # each step starts from the previous written result
+            true = {"+": a + b, "-": a - b, "*": a * b}[op]
+            assert r == true or 1 <= abs(r - true) <= 2
+            wrong, total, x = wrong + (r != true), total + 1, r
+        assert boxed == x
+    assert len(styles) >= 3                            # all three phrasings are drawn
+    assert 0.4 < wrong / total < 0.6                   # label_noise = 0.5: about half the steps are off
+    with pytest.raises(ValueError, match="phrasings"):
+        toy.base_model(0, phrasings=4)
 
 
 def test_splits_are_disjoint_and_read_like_gsm8k(tmp_path):
@@ -132,6 +176,19 @@ def test_shipped_model_is_the_canonical_file(seed):
         "toy.SHIPPED_VAL_ACCURACY. If not, restore the file: git checkout -- models/\n")
 
 
+def test_calibrated_world_is_shipped_and_documented():
+    """toy.WORLDS["toy-calibrated"] resolves to the shipped models/toy-calibrated-s0 (nothing is trained), the
+    pinned file, with the greedy validation accuracy that toy.py's docstring states; another seed is made."""
+    path = toy.base_model(0, **toy.WORLDS["toy-calibrated"])
+    assert path == os.path.join(ROOT, "models", "toy-calibrated-s0") and toy.shipped_world("toy-calibrated", 0)
+    assert not toy.shipped_world("toy-calibrated", 1)
+    with open(os.path.join(path, "model.safetensors"), "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == CALIBRATED_SHA256, "re-measure docs/toy_study.md if meant"
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    acc = toy.greedy_accuracy(model, tok, toy.make_rows(200, 0, split="val"))
+    assert re.search(rf"^ +toy-calibrated +0 +{100 * acc:.1f}% ", toy.__doc__, re.M), f"toy.py should say {acc:.1%}"
+
+
 @pytest.mark.parametrize("seed", sorted(SHIPPED_SHA256))
 def test_shipped_model_has_the_documented_accuracy(seed):
     """Greedy validation accuracy of the shipped model equals the number toy.py and the README state. Greedy
@@ -152,11 +209,11 @@ def test_shipped_model_is_used_only_for_its_own_settings(tmp_path, capsys, monke
         notes = json.load(f)
     assert (notes["seed"], notes["steps"], notes["batch_size"], notes["threads"]) == (0, toy.STEPS, toy.BATCH, 1)
     cache = str(tmp_path / "cache")
-    shipped = toy.shipped_model(0, notes["cache_name"])   # the name its settings give the cache folder
+    shipped = toy.shipped_model("toy-base-s0", notes["cache_name"])   # the name its settings give the cache folder
     assert shipped == os.path.join(ROOT, "models", "toy-base-s0") == toy.base_model(0, cache)
     assert not os.path.exists(cache) and "making" not in capsys.readouterr().out
-    assert toy.shipped_model(0, "toy-base-s0-0123456789") is None    # other settings: never the shipped weights
-    assert toy.shipped_model(7, notes["cache_name"]) is None         # no shipped model for this seed
+    assert toy.shipped_model("toy-base-s0", "toy-base-s0-0123456789") is None    # other settings: never the shipped weights
+    assert toy.shipped_model("toy-base-s7", notes["cache_name"]) is None         # no shipped model for this seed
     # from_scratch with the default settings: made here, into the cache folder the shipped model was made as,
     # with the note that says why its numbers will differ on another CPU. (The 650-step run is replaced by an
     # untrained model: what is tested here is where it goes and what is printed.)
