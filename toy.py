@@ -220,7 +220,7 @@ def cot_target(row, rng=None, phrasings=1, label_noise=0.0):
     """The supervised completion after TOY_PROMPT: the worked steps on one line, the trigger, ` \\boxed{N}`.
     (The supervised run appends EOS.) The rollout's prefill after the trigger is ` \\boxed{`, the same text.
 
-    With an `rng`, the two knobs of a less confident base model (BaseWorld) apply: each step is written in one of
+    With an `rng`, the two knobs of a less confident base model (WORLDS) apply: each step is written in one of
     the first `phrasings` of PHRASINGS, drawn uniformly, and with probability `label_noise` its result is off by
     1 or 2; later steps then start from the written number and the boxed answer is the chain's written end, so
     the answer still copies the CoT (the answer slot stays a copy; the CoT's arithmetic is what is unsure).

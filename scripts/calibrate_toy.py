@@ -11,6 +11,8 @@ toy prompt; smol: the same problems in English with SmolLM2's prompt), CoT cap -
   - greedy accuracy: one hard greedy rollout, answer greedy, graded by evaluate.judge;
   - entropy profile: --samples hard CoTs at tau = 1 per problem; per CoT position, the mean next-token entropy
     over the generations still in their CoT (evaluate.cot_entropy, App. G.3, what evaluate.py plots);
+  - the same entropy summed over the CoT and divided by its characters (a toy token is one character, a
+    SmolLM2 token ~4: per character is the fairer comparison of how much is left open);
   - peak share: on the same samples, teacher-forced, the share of CoT steps where softmax(logits / 0.5) (the
     soft mixture's weights, Eq. 6 at tau = 0.5) puts more than 0.99 on one token.
 Prints a markdown table, writes <out>/calibration.json and <out>/calibration.png (every profile on one axes).
@@ -35,16 +37,21 @@ PEAK, PEAK_TAU = 0.99, 0.5
 
 
 @torch.no_grad()
-def peak_share(model, ro):
-    """Share of the rollout's CoT steps whose tau = 0.5 softmax puts more than PEAK on one token. Teacher-forced:
-    one full forward over [prompt ; generated ids] (hard CoT: the ids are the fed tokens)."""
+def cot_logits(model, ro):
+    """Teacher-forced next-token logits for every generated position, (N, S, V) fp32, and the CoT mask (N, S):
+    one full forward over [prompt ; generated ids] (a hard CoT's ids are the fed tokens)."""
     ids = torch.cat([ro.prompt_ids, ro.ids], 1)                                         # (N, P + S)
     mask = torch.cat([ro.prompt_mask, (ro.kind != softcot.PAD).long()], 1)
     logits = model(input_ids=ids, attention_mask=mask).logits.float()                   # (N, P + S, V)
     P = ro.prompt_ids.shape[1]
-    pred = logits[:, P - 1:P - 1 + ro.ids.shape[1]]                                      # predicts generated j
-    cot = ro.kind == softcot.COT                                                         # (N, S)
-    top = torch.softmax(pred / PEAK_TAU, -1).amax(-1)                                    # (N, S)
+    return logits[:, P - 1:P - 1 + ro.ids.shape[1]], ro.kind == softcot.COT             # position j predicts j
+
+
+def peak_share(model, ro):
+    """(steps, CoT steps): how many of the rollout's CoT steps have a tau = 0.5 softmax with more than PEAK on
+    one token."""
+    logits, cot = cot_logits(model, ro)
+    top = torch.softmax(logits / PEAK_TAU, -1).amax(-1)                                  # (N, S)
     return int(((top > PEAK) & cot).sum()), int(cot.sum())
 
 
@@ -55,7 +62,7 @@ def measure(recipe, model_path, label, args):
     items, _ = evaluate.load_sets(ev)
     ev.model = model_path                                   # one path, as load_for_inference takes it
     model, tok = train.load_for_inference(ev, torch.device("cpu"), 0, 1)
-    t0, correct, ent, cnt, peaks, steps, cot_len = time.time(), 0, 0.0, 0.0, 0, 0, []
+    t0, correct, ent, cnt, peaks, steps, cot_len, chars = time.time(), 0, 0.0, 0.0, 0, 0, [], 0
     for s in range(0, len(items), args.chunk):
         chunk = items[s:s + args.chunk]
         prompts = [it["prompt"] for it in chunk]
@@ -69,10 +76,12 @@ def measure(recipe, model_path, label, args):
             cnt + torch.nn.functional.pad(c, (0, args.max_cot_tokens - len(c)))
         p, n = peak_share(model, ro)
         peaks, steps, cot_len = peaks + p, steps + n, cot_len + ro.cot_len.tolist()
+        chars += sum(len(t) for t in ro.cot_text)                                        # CoT characters
     live = cnt > 0
     return dict(label=label, model=model_path, recipe=recipe, greedy_accuracy=correct / len(items),
                 profile=(ent[live] / cnt[live]).tolist(), mean_entropy=float(ent.sum() / cnt.sum()),
-                peak_share=peaks / steps, mean_cot_len=sum(cot_len) / len(cot_len), seconds=round(time.time() - t0))
+                entropy_per_char=float(ent.sum()) / chars, peak_share=peaks / steps,
+                mean_cot_len=sum(cot_len) / len(cot_len), seconds=round(time.time() - t0))
 
 
 def plot(rows, path):
@@ -109,10 +118,12 @@ def main():
     rows = [measure("tiny", p, os.path.basename(p.rstrip("/")), args) for p in args.toy]
     if args.smol:
         rows.append(measure("smol", "smol", "SmolLM2-135M-Instruct", args))
-    print("| model | greedy acc. | mean CoT entropy (nats) | steps with tau=0.5 top-1 > 0.99 | CoT length | time |")
-    print("|---|---|---|---|---|---|")
+    print("| model | greedy acc. | CoT entropy per token (nats) | per character | steps with tau=0.5 top-1 > 0.99 "
+          "| CoT tokens | time |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['label']} | {r['greedy_accuracy']:.1%} | {r['mean_entropy']:.3f} | {r['peak_share']:.1%} "
+        print(f"| {r['label']} | {r['greedy_accuracy']:.1%} | {r['mean_entropy']:.3f} | {r['entropy_per_char']:.3f} "
+              f"| {r['peak_share']:.1%} "
               f"| {r['mean_cot_len']:.1f} | {r['seconds']} s |")
     with open(os.path.join(args.out, "calibration.json"), "w") as f:
         json.dump(dict(args=vars(args), rows=rows), f, indent=1)

@@ -4,6 +4,7 @@
 # stopped when run again: each training run resumes from its last checkpoint (train.py --resume) and a run or
 # evaluation that finished (its DONE file) is skipped. Two jobs at a time, one torch thread each (2 CPU cores).
 #
+#   bash scripts/toy_study.sh signal    # the gradient-signal diagnostic (gradsignal.py): sharp vs calibrated, gamma
 #   bash scripts/toy_study.sh sweep     # App. D in miniature: lr in {3e-5, 1e-4, 3e-4}, hard and fuzzy, 100 steps
 #   bash scripts/toy_study.sh main      # hard / soft / fuzzy x seeds 0, 1, 2 at the chosen lr (LR=...), 200 steps
 #   bash scripts/toy_study.sh gamma     # Table 6 in miniature: fuzzy, gamma in {0.1, 1, 3} x seeds 0, 1
@@ -41,6 +42,13 @@ export COMMON OUT
 
 jobs_of() {   # the phase's jobs, one shell command a line
     case $1 in
+    signal) for w in toy toy-calibrated; do   # the study's batch, K = 8 batches per mode
+               echo "python gradsignal.py --recipe tiny --model $w --mode hard soft fuzzy --prompts_per_step 4 \
+                     --batches 8 --buckets 4 --out $OUT/signal-$w > $OUT/signal-$w.log 2>&1"; done
+           for g in 1 3; do
+               echo "python gradsignal.py --recipe tiny --model toy-calibrated --mode fuzzy --gamma $g \
+                     --prompts_per_step 4 --batches 8 --buckets 4 --out $OUT/signal-g$g > $OUT/signal-g$g.log 2>&1"
+           done ;;
     sweep) for lr in 3e-5 1e-4 3e-4; do for m in hard fuzzy; do
                echo "train $OUT/sweep-$m-lr$lr --mode $m --lr $lr --steps 100 --seed 0"; done; done ;;
     main)  for s in 0 1 2; do for m in hard soft fuzzy; do
@@ -50,9 +58,9 @@ jobs_of() {   # the phase's jobs, one shell command a line
     eval)  echo "evaluate base $BASE"
            for m in hard soft fuzzy; do echo "evaluate $m $OUT/$m-s0/best $OUT/$m-s1/best $OUT/$m-s2/best"; done
            for g in 0.1 1 3; do echo "evaluate fuzzy-g$g $OUT/fuzzy-g$g-s0/best $OUT/fuzzy-g$g-s1/best"; done ;;
-    *) echo "usage: bash scripts/toy_study.sh sweep|main|gamma|eval" >&2; exit 2 ;;
+    *) echo "usage: bash scripts/toy_study.sh signal|sweep|main|gamma|eval" >&2; exit 2 ;;
     esac
 }
 
 mkdir -p "$OUT"
-jobs_of "$1" | xargs -P 2 -I{} bash -c '{}'
+jobs_of "$1" | xargs -P "${JOBS:-2}" -I{} bash -c '{}'
