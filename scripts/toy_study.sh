@@ -8,7 +8,8 @@
 #   bash scripts/toy_study.sh sweep     # App. D in miniature: lr in {3e-5, 1e-4, 3e-4}, hard and fuzzy, 100 steps
 #   bash scripts/toy_study.sh main      # hard / soft / fuzzy x seeds 0, 1, 2 at the chosen lr (LR=...), 200 steps
 #   bash scripts/toy_study.sh gamma     # Table 6 in miniature: fuzzy, gamma in {0.1, 1, 3} x seeds 0, 1
-#   bash scripts/toy_study.sh eval      # Tables 3-5, Fig. 3, out-of-domain rows: every best checkpoint, 50 test problems
+#   bash scripts/toy_study.sh eval      # Tables 3-5, Fig. 3, out-of-domain rows of every best checkpoint
+#                                       # (50 test problems; 25 for the gamma ablation: CPU time)
 #
 # The base model is one for every run, as in the paper (one Llama per table); the seeds are RL seeds (data
 # order, rollouts). The runs' batch is 4 prompts x 8 samples (the tiny recipe's 8 x 8 halved: twice the steps
@@ -30,11 +31,11 @@ train() {   # train <out> <flags...>: a new run, or the rest of a killed one
     python train.py $COMMON "$@" --out "$out" $resume > "$out.log" 2>&1 && touch "$out/DONE"
 }
 
-evaluate() {   # evaluate <label> <checkpoints...>: the six settings, pass@k to 32, the held-out skills
-    local label=$1; shift
+evaluate() {   # evaluate <label> <problems> <checkpoints...>: the six settings, pass@k to 32, the held-out skills
+    local label=$1 limit=$2; shift 2
     [ -f "$OUT/eval/DONE_$label" ] && return 0
     mkdir -p "$OUT/eval"
-    python evaluate.py --recipe tiny --model "$@" --label "$label" --samples 32 --limit 50 \
+    python evaluate.py --recipe tiny --model "$@" --label "$label" --samples 32 --limit "$limit" \
         --ood test_mul test_expr --out "$OUT/eval" > "$OUT/eval/$label.log" 2>&1 && touch "$OUT/eval/DONE_$label"
 }
 export -f train evaluate
@@ -55,9 +56,9 @@ jobs_of() {   # the phase's jobs, one shell command a line
                echo "train $OUT/$m-s$s --mode $m --lr $LR --steps $STEPS --seed $s"; done; done ;;
     gamma) for g in 0.1 1 3; do for s in 0 1; do
                echo "train $OUT/fuzzy-g$g-s$s --mode fuzzy --gamma $g --lr $LR --steps $STEPS --seed $s"; done; done ;;
-    eval)  echo "evaluate base $BASE"
-           for m in hard soft fuzzy; do echo "evaluate $m $OUT/$m-s0/best $OUT/$m-s1/best $OUT/$m-s2/best"; done
-           for g in 0.1 1 3; do echo "evaluate fuzzy-g$g $OUT/fuzzy-g$g-s0/best $OUT/fuzzy-g$g-s1/best"; done ;;
+    eval)  echo "evaluate base 50 $BASE"
+           for m in hard soft fuzzy; do echo "evaluate $m 50 $OUT/$m-s0/best $OUT/$m-s1/best $OUT/$m-s2/best"; done
+           for g in 0.1 1 3; do echo "evaluate fuzzy-g$g 25 $OUT/fuzzy-g$g-s0/best $OUT/fuzzy-g$g-s1/best"; done ;;
     *) echo "usage: bash scripts/toy_study.sh signal|sweep|main|gamma|eval" >&2; exit 2 ;;
     esac
 }

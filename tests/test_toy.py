@@ -138,6 +138,11 @@ def test_base_model_is_cached_deterministic_and_loadable(tmp_path, capsys, monke
     p3 = toy.base_model(seed=1, steps=3, batch_size=8, cache_dir=str(tmp_path / "a"))
     assert p3 != p1 and not torch.equal(load_file(os.path.join(p3, "model.safetensors"))["model.norm.weight"],
                                         w1["model.norm.weight"])
+    p4 = toy.base_model(seed=0, steps=3, batch_size=8, phrasings=3, cache_dir=str(tmp_path / "a"))
+    assert p4 != p1 and not torch.equal(load_file(os.path.join(p4, "model.safetensors"))["model.norm.weight"],
+                                        w1["model.norm.weight"])   # a knob is a setting: another model, trained on
+    with open(os.path.join(p4, "toy.json")) as f:                     # other targets, and its notes say so
+        assert json.load(f)["phrasings"] == 3
     assert not [f for f in os.listdir(tmp_path / "a") if f.startswith(".tmp")]
     model, tok = AutoModelForCausalLM.from_pretrained(p1), AutoTokenizer.from_pretrained(p1)
     assert model.config.tie_word_embeddings and model.generation_config.eos_token_id == tok.eos_token_id
