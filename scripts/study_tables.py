@@ -7,6 +7,11 @@ learning than a 100-problem validation, whose standard error is ~3 points). Then
 
     python scripts/study_tables.py runs/study/sweep-*      # the learning-rate sweep
     python scripts/study_tables.py runs/study/{hard,soft,fuzzy}-s? runs/study/fuzzy-g*-s?
+    python scripts/study_tables.py --common 25 runs/study/eval/results_{base,fuzzy,fuzzy-g*}.json
+
+--common N: evaluate.py's Tables 3-5 recomputed from the per-problem correct counts of results files made with
+different --limit, on the N problems they share (evaluate.py spreads a limit evenly over the test set, so the
+25-problem subset is inside the 50-problem one): every row on the same problems.
 """
 
 import json
@@ -14,6 +19,9 @@ import os
 import re
 import statistics
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import evaluate  # noqa: E402
 
 
 def summary(run):
@@ -56,7 +64,33 @@ def main(runs):
                   f"| {pm([r['best'] - r['base'] for r in g])} | {pm([r['acc_last'] for r in g])} |")
 
 
+TOY_TEST = 200      # problems in the toy test split (toy.toy_splits)
+
+
+def common_rows(files, n):
+    """{label: checkpoints} with every pass@k recomputed on the n test problems the files share."""
+    rows = {}
+    for path in files:
+        with open(path) as f:
+            res = json.load(f)
+        ids = evaluate._subset(list(range(TOY_TEST)), res["limit"])          # the test problems it evaluated
+        keep = [ids.index(p) for p in evaluate._subset(list(range(TOY_TEST)), n)]   # where the shared ones are
+        runs = []
+        for ck in res["checkpoints"]:
+            settings = {}
+            for name, counts in ck["correct"].items():
+                G = res["samples"] if name.endswith("sample") else 1
+                settings[name] = {f"pass@{k}": statistics.fmean(evaluate.pass_at_k(G, int(counts[i]), k) for i in keep)
+                                  for k in res["k"] if k <= G}
+            runs.append(dict(settings=settings))
+        rows[res["label"]] = runs
+    return rows
+
+
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    main(sys.argv[1:])
+    if sys.argv[1] == "--common":
+        print(evaluate.format_table(common_rows(sys.argv[3:], int(sys.argv[2]))))
+    else:
+        main(sys.argv[1:])

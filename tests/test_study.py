@@ -44,3 +44,19 @@ def test_study_summary(tmp_path):
     assert (r["steps"], r["base"], r["final"], r["best"], r["best_step"]) == (100, 0.10, 0.15, 0.2, 25)
     assert r["acc_first"] == pytest.approx(0.1) and r["acc_last"] == pytest.approx(0.3)
     assert (r["ent_first"], r["ent_last"]) == (pytest.approx(1.0), pytest.approx(0.5))
+
+
+def test_common_problems_recompute_the_table(tmp_path):
+    """--common: on its own limit a file gives evaluate.py's numbers; on a smaller one, the shared problems'."""
+    import random
+    rng = random.Random(0)
+    counts = [rng.randint(0, 32) for _ in range(50)]
+    greedy = [rng.randint(0, 1) for _ in range(50)]
+    ck = dict(correct={"hard_greedy": greedy, "hard_sample": counts})
+    path = tmp_path / "results_x.json"
+    path.write_text(json.dumps(dict(label="x", problems=50, limit=50, samples=32, k=[1, 32], checkpoints=[ck])))
+    full = study_tables.common_rows([str(path)], 50)["x"][0]["settings"]
+    assert full["hard_sample"]["pass@1"] == pytest.approx(sum(counts) / (32 * 50))
+    assert full["hard_sample"]["pass@32"] == pytest.approx(sum(c > 0 for c in counts) / 50)
+    half = study_tables.common_rows([str(path)], 25)["x"][0]["settings"]   # problems 0, 8, 16, ... = every other
+    assert half["hard_greedy"]["pass@1"] == pytest.approx(sum(greedy[::2]) / 25)
