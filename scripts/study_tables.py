@@ -9,6 +9,10 @@ learning than a 100-problem validation, whose standard error is ~3 points). Then
     python scripts/study_tables.py runs/study/{hard,soft,fuzzy}-s? runs/study/fuzzy-g*-s?
     python scripts/study_tables.py --common 25 runs/study/eval/results_{base,fuzzy,fuzzy-g*}.json
 
+--curves PNG: validation accuracy (mean over seeds, each seed faint) and the training samples' accuracy (trailing
+25-step mean, averaged over seeds) per setting: Fig. 2 and Fig. 5a in miniature.
+    python scripts/study_tables.py --curves assets/toy-study-training.png runs/study/{hard,soft,fuzzy}-s?
+
 --common N: evaluate.py's Tables 3-5 recomputed from the per-problem correct counts of results files made with
 different --limit, on the N problems they share (evaluate.py spreads a limit evenly over the test set, so the
 25-problem subset is inside the 50-problem one): every row on the same problems.
@@ -67,6 +71,34 @@ def main(runs):
 TOY_TEST = 200      # problems in the toy test split (toy.toy_splits)
 
 
+def plot_curves(runs, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    groups = {}
+    for run in runs:
+        with open(os.path.join(run, "metrics.jsonl")) as f:
+            groups.setdefault(re.sub(r"-s\d+$", "", os.path.basename(run.rstrip("/"))), []).append(
+                [json.loads(line) for line in f])
+    fig, (va, ta) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, seeds in groups.items():
+        vals = [[(m["step"], m["val_acc"]) for m in ms if "val_acc" in m] for ms in seeds]
+        n = min(len(v) for v in vals)                          # the validations every seed reached
+        line, = va.plot([s for s, _ in vals[0][:n]], [100 * statistics.fmean(v[i][1] for v in vals) for i in range(n)],
+                        marker="o", ms=3, label=f"{name} ({len(seeds)} seeds)")
+        for v in vals:
+            va.plot(*zip(*[(s, 100 * a) for s, a in v]), color=line.get_color(), alpha=0.2, lw=0.8)
+        accs = [[m["accuracy"] for m in ms if "accuracy" in m] for ms in seeds]
+        n = min(len(a) for a in accs)
+        smooth = [100 * statistics.fmean(statistics.fmean(a[max(0, i - 24):i + 1]) for a in accs) for i in range(n)]
+        ta.plot(range(1, n + 1), smooth, color=line.get_color(), label=name)
+    va.set(title="greedy validation accuracy (%), 100 problems", xlabel="step")
+    ta.set(title="training samples' accuracy (%), trailing 25 steps", xlabel="step")
+    va.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def common_rows(files, n):
     """{label: checkpoints} with every pass@k recomputed on the n test problems the files share."""
     rows = {}
@@ -90,7 +122,9 @@ def common_rows(files, n):
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    if sys.argv[1] == "--common":
+    if sys.argv[1] == "--curves":
+        plot_curves(sys.argv[3:], sys.argv[2])
+    elif sys.argv[1] == "--common":
         print(evaluate.format_table(common_rows(sys.argv[3:], int(sys.argv[2]))))
     else:
         main(sys.argv[1:])
