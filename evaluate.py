@@ -450,7 +450,8 @@ def parse_args(argv=None):
     p.add_argument("--recipe", default="llama3b-gsm8k", choices=sorted(train.RECIPES),
                    help="a row of train.RECIPES: sets the default model, test set, prompt and lengths")
     g = p.add_argument_group("what to evaluate")
-    g.add_argument("--model", nargs="+", help="checkpoint folder(s) (runs/<run>/best), hub name(s), 'toy' or 'smol'; "
+    g.add_argument("--model", nargs="+", help="checkpoint folder(s) (runs/<run>/best), hub name(s), 'toy', "
+                   "'toy-calibrated' or 'smol'; "
                    "several = seeds of one method, one table row with mean ± std (default: the recipe's model, "
                    "none when only --metrics is given)")
     g.add_argument("--label", help="the table row's name (default: the run folder's name without -s<seed>)")
@@ -503,9 +504,10 @@ def parse_args(argv=None):
         if not os.path.isfile(path):
             p.error(f"--metrics {path}: no such file; pass a run's metrics.jsonl (runs/<run>/metrics.jsonl)")
     for path in args.model:   # a missing folder fails now, not after the first checkpoint's evaluation
-        if path not in ("toy", "smol") and not os.path.exists(path) and not re.fullmatch(r"[\w.-]+/[\w.-]+", path):
+        named = path in toy.WORLDS or path == "smol" or re.fullmatch(r"[\w.-]+/[\w.-]+", path)   # made, or a hub name
+        if not named and not os.path.exists(path):
             p.error(f"--model {path}: no such checkpoint folder; pass a folder written by train.py "
-                    "(runs/<run>/best), a hub name, 'toy' (the toy base model) or 'smol' (smol.py)")
+                    "(runs/<run>/best), a hub name, 'toy' / 'toy-calibrated' (a toy base model) or 'smol' (smol.py)")
     validate_args(p, args)
     args.label = args.label or (default_label(args.model) if args.model else None)
     return args

@@ -55,7 +55,7 @@ jobs_of() {   # the phase's jobs, one shell command a line
                echo "train $OUT/sweep-$m-lr$lr --mode $m --lr $lr --steps 100 --seed 0"; done; done ;;
     main)  for s in 0 1 2; do for m in hard soft fuzzy; do
                echo "train $OUT/$m-s$s --mode $m --lr $LR --steps $STEPS --seed $s"; done; done ;;
-    gamma) for g in 0.1 1 3; do for s in 0 1; do
+    gamma) for g in ${GAMMAS:-0.1 1 3}; do for s in 0 1; do
                echo "train $OUT/fuzzy-g$g-s$s --mode fuzzy --gamma $g --lr $LR --steps $STEPS --seed $s"; done; done ;;
     eval)  echo "evaluate base 50 $BASE"
            for m in hard soft fuzzy; do echo "evaluate $m 50 $OUT/$m-s0/last $OUT/$m-s1/last $OUT/$m-s2/last"; done

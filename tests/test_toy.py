@@ -217,7 +217,7 @@ def test_shipped_model_is_used_only_for_its_own_settings(tmp_path, capsys, monke
     shipped = toy.shipped_model("toy-base-s0", notes["cache_name"])   # the name its settings give the cache folder
     assert shipped == os.path.join(ROOT, "models", "toy-base-s0") == toy.base_model(0, cache)
     assert not os.path.exists(cache) and "making" not in capsys.readouterr().out
-    assert toy.shipped_model("toy-base-s0", "toy-base-s0-0123456789") is None    # other settings: never the shipped weights
+    assert toy.shipped_model("toy-base-s0", "toy-base-s0-0123456789") is None    # other settings: never shipped
     assert toy.shipped_model("toy-base-s7", notes["cache_name"]) is None         # no shipped model for this seed
     # from_scratch with the default settings: made here, into the cache folder the shipped model was made as,
     # with the note that says why its numbers will differ on another CPU. (The 650-step run is replaced by an
