@@ -151,6 +151,7 @@ def test_unwritable_cache_is_refused_before_the_base_model_is_made(where, monkey
     argv[argv.index("--model") + 1] = "toy-calibrated"
     assert train.parse_args(argv).model == "toy-calibrated"          # shipped for seed 0
     assert "SOFTCOT_CACHE" in refused("train", argv + ["--seed", "1"], capsys)
+    assert SCRIPTS["evaluate"].parse_args(["--recipe", "tiny", "--model", "toy-calibrated"]).model == ["toy-calibrated"]
 
 
 def run_refused(cmd, flag, env=ENV):
