@@ -11,6 +11,9 @@
 #   bash scripts/toy_study.sh eval      # Tables 3-5, Fig. 3, out-of-domain rows of every run's last checkpoint
 #                                       # (50 test problems; 25 for the gamma ablation: CPU time)
 #
+# Environment: LR (main, gamma; the sweep's choice, 3e-5), STEPS (200), GAMMAS (the gamma phase's list), ONLY (a
+# regular expression: run only the phase's jobs whose line matches, e.g. ONLY="fuzzy-g1-s0 "), JOBS (2 at a time).
+#
 # The base model is one for every run, as in the paper (one Llama per table); the seeds are RL seeds (data
 # order, rollouts). The runs' batch is 4 prompts x 8 samples (the tiny recipe's 8 x 8 halved: twice the steps
 # in the same CPU time). The evaluation reads each run's last checkpoint, not the paper's best-validation one: on
@@ -20,7 +23,7 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 BASE=${BASE:-models/toy-calibrated-s0}
 OUT=${OUT:-runs/study}
-LR=${LR:-1e-4}
+LR=${LR:-3e-5}   # the sweep's choice
 STEPS=${STEPS:-200}
 COMMON="--recipe tiny --model $BASE --prompts_per_step 4 --samples 8 --val_size 100 --val_every 25 --save_every 25"
 
@@ -65,4 +68,4 @@ jobs_of() {   # the phase's jobs, one shell command a line
 }
 
 mkdir -p "$OUT"
-jobs_of "$1" | xargs -P "${JOBS:-2}" -I{} bash -c '{}'
+jobs_of "$1" | grep -E -- "${ONLY:-.}" | xargs -P "${JOBS:-2}" -I{} bash -c '{}'
