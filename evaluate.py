@@ -504,7 +504,7 @@ def parse_args(argv=None):
         if not os.path.isfile(path):
             p.error(f"--metrics {path}: no such file; pass a run's metrics.jsonl (runs/<run>/metrics.jsonl)")
     for path in args.model:   # a missing folder fails now, not after the first checkpoint's evaluation
-        named = path in toy.WORLDS or path == "smol" or re.fullmatch(r"[\w.-]+/[\w.-]+", path)   # made, or a hub name
+        named = path in toy.WORLDS or path == "smol" or train.HUB_NAME.fullmatch(path)   # made, or a hub name
         if not named and not os.path.exists(path):
             p.error(f"--model {path}: no such checkpoint folder; pass a folder written by train.py "
                     "(runs/<run>/best), a hub name, 'toy' / 'toy-calibrated' (a toy base model) or 'smol' (smol.py)")
