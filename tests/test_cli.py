@@ -24,7 +24,7 @@ import evaluate
 import smol
 import toy
 import train
-from conftest import ENV, ROOT, run_script
+from conftest import ENV, ROOT
 
 TINY = ["--recipe", "tiny", "--prompts_per_step", "2", "--samples", "2", "--max_cot_tokens", "16",
         "--val_cot_tokens", "16", "--val_size", "4", "--val_every", "2", "--micro_batch", "2"]
@@ -196,8 +196,7 @@ def test_damaged_cached_base_model_is_rebuilt(tmp_path, capsys):
 def run(base, tmp_path_factory):
     """A 3-step run paused after step 2, checkpoints every step: last/ = step 2, last.prev/ = step 1."""
     out = str(tmp_path_factory.mktemp("resume") / "run")
-    run_script("train.py", TINY + ["--model", base, "--steps", "3", "--save_every", "1", "--stop_after", "2",
-                                   "--out", out])
+    train.main(TINY + ["--model", base, "--steps", "3", "--save_every", "1", "--stop_after", "2", "--out", out])
     return out
 
 
@@ -239,9 +238,12 @@ def test_resume_allows_what_does_not_change_the_run(run, base, capsys, monkeypat
     assert "--stop_after" in refused("train", resume_argv(base, run, "--stop_after", "2"), capsys)  # passed already
 
 
-def test_refused_resume_writes_nothing(run, base):
+def test_refused_resume_writes_nothing(run, base, capsys, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     before = {f: open(os.path.join(run, f), "rb").read() for f in ("config.json", "metrics.jsonl")}
-    run_refused(["train.py"] + resume_argv(base, run, "--mode", "hard"), "--mode hard")
+    with pytest.raises(SystemExit):
+        train.main(resume_argv(base, run, "--mode", "hard"))
+    assert "--mode hard" in capsys.readouterr().err
     assert {f: open(os.path.join(run, f), "rb").read() for f in before} == before
 
 
@@ -260,13 +262,13 @@ def test_truncated_checkpoints_are_named(run, base, tmp_path, capsys, monkeypatc
     assert "start again without --resume" in line
 
 
-def test_resume_falls_back_when_the_latest_checkpoint_is_damaged(run, base, tmp_path):
+def test_resume_falls_back_when_the_latest_checkpoint_is_damaged(run, base, tmp_path, capsys):
     out = str(tmp_path / "run")
     shutil.copytree(run, out)
     with open(os.path.join(out, "last", "config.json"), "w") as f:    # valid JSON, but no model's configuration
         f.write("{}")
-    p = run_script("train.py", resume_argv(base, out))
-    assert f"skipping {out}/last, it cannot be loaded (config.json" in p.stdout
+    train.main(resume_argv(base, out))
+    assert f"skipping {out}/last, it cannot be loaded (config.json" in capsys.readouterr().out
     assert [json.loads(x)["step"] for x in open(os.path.join(out, "metrics.jsonl"))] == [0, 1, 2, 3]
     # the damaged folder was dropped, not kept as the fallback: the two newest saves are the checkpoints now
     assert (step_of(os.path.join(out, "last")), step_of(os.path.join(out, "last.prev"))) == (3, 2)
@@ -294,7 +296,7 @@ def test_ctrl_c_saves_last_and_prints_the_resume_command(base, tmp_path):
     resume = stdout.split("continue with:\n")[1].splitlines()[0].strip()
     assert resume.startswith("python train.py ") and resume.endswith(" --resume")
     # the printed command continues the run (here for one more step)
-    run_script("train.py", shlex.split(resume)[2:] + ["--stop_after", str(saved + 1)])
+    train.main(shlex.split(resume)[2:] + ["--stop_after", str(saved + 1)])
     assert [json.loads(x)["step"] for x in open(metrics)] == list(range(saved + 2))
 
 

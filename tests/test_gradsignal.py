@@ -14,7 +14,7 @@ import gradsignal
 import rloo
 import softcot
 import train
-from conftest import make_model, run_script
+from conftest import make_model
 
 
 # ------------------------------------------------------------------------------------------------ the estimator
@@ -77,7 +77,6 @@ def test_cosines_on_a_known_case():
     second moment is close to the true one): SGD sqrt(|mu|^2 / (|mu|^2 + tr C)), Adam's direction g / sqrt(E g^2)
     sum mu_i^2 / sqrt(mu_i^2 + s_i^2) / (sqrt(P) |mu|). Adam's differs from SGD's here, so swapping them fails."""
     P = 40
-    gen = torch.Generator().manual_seed(7)
     mu = {"cot": torch.zeros(P), "answer": torch.cat([torch.full((10,), 1.0), torch.zeros(P - 10)])}
     s = torch.cat([torch.full((10,), 0.5), torch.full((P - 10,), 3.0)])
     root = {"cot": torch.diag(0.5 * s), "answer": torch.diag(math.sqrt(0.75) * s)}   # total variance s^2
@@ -246,9 +245,9 @@ def test_split_gradient_adds_up_to_the_training_step(tokenizer, mode):
 # ------------------------------------------------------------------------------------------------ the command
 def test_command_line_writes_json_and_markdown(base, tmp_path):
     out = str(tmp_path / "gs")
-    run_script("gradsignal.py", ["--recipe", "tiny", "--model", base, "--mode", "hard", "fuzzy", "--batches", "4",
-                                 "--buckets", "4", "--prompts_per_step", "2", "--samples", "2",
-                                 "--max_cot_tokens", "8", "--val_size", "8", "--out", out])
+    gradsignal.main(["--recipe", "tiny", "--model", base, "--mode", "hard", "fuzzy", "--batches", "4",
+                     "--buckets", "4", "--prompts_per_step", "2", "--samples", "2", "--max_cot_tokens", "8",
+                     "--val_size", "8", "--out", out])
     res = json.load(open(os.path.join(out, "gradsignal.json")))["results"]
     assert [r["mode"] for r in res] == ["hard", "fuzzy"]
     for r in res:

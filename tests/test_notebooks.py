@@ -10,10 +10,11 @@ import os
 
 import pytest
 
+from conftest import ENV, ROOT
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NB_DIR = os.path.join(ROOT, "notebooks")
 NOTEBOOKS = [
     "01_soft_and_fuzzy_tokens.ipynb",
@@ -23,7 +24,6 @@ NOTEBOOKS = [
     "05_train_soft_deploy_hard.ipynb",
     "06_gradient_signal.ipynb",
 ]
-ENV = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
 
 
 def test_the_notebooks_are_there():

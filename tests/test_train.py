@@ -9,7 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import toy
-from conftest import ENV, ROOT, run_script
+import train
+from conftest import TORCHRUN, crash_report, killed_by_signal, launch, run_script
 
 TINY = ["--recipe", "tiny", "--prompts_per_step", "2", "--samples", "2", "--max_cot_tokens", "16",
         "--val_cot_tokens", "16", "--val_size", "8", "--val_every", "2", "--micro_batch", "2"]
@@ -19,15 +20,22 @@ def run(args, torchrun=False):
     return run_script("train.py", args, torchrun)
 
 
+def run_here(args, capsys):
+    """train.main in this process, as a notebook calls it: the code of `python train.py`, without a process's
+    ~10 s of imports; its stdout."""
+    train.main(args)
+    return capsys.readouterr().out
+
+
 def params(folder):
     return AutoModelForCausalLM.from_pretrained(folder).state_dict()
 
 
 @pytest.mark.parametrize("mode", ["hard", "soft", "fuzzy"])
-def test_smoke_each_mode(base, tmp_path, mode):
+def test_smoke_each_mode(base, tmp_path, capsys, mode):
     out = str(tmp_path / mode)
-    p = run(TINY + ["--mode", mode, "--model", base, "--steps", "2", "--out", out])
-    assert "global batch: 2 prompts x 2 samples = 4 sequences" in p.stdout
+    stdout = run_here(TINY + ["--mode", mode, "--model", base, "--steps", "2", "--out", out], capsys)
+    assert "global batch: 2 prompts x 2 samples = 4 sequences" in stdout
     lines = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
     assert [m["step"] for m in lines] == [0, 1, 2] and "val_acc" in lines[-1]
     for key in ("reward", "accuracy", "grad_norm", "zero_adv_frac", "cot_entropy", "noise_ratio", "t_rollout"):
@@ -53,11 +61,9 @@ def test_torchrun_two_processes(base, tmp_path):
 def ddp_step(tmp_path, name, flags, torchrun):
     """tests/ddp_step.py's update on one process or two (DDP or FSDP); returns what rank 0 saved."""
     out = str(tmp_path / f"{name}.pt")
-    cmd = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if torchrun
-                              else [])
-    p = subprocess.run(cmd + ["tests/ddp_step.py", out, str(tmp_path / name)] + flags, cwd=ROOT, env=ENV,
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
+    p = launch((TORCHRUN if torchrun else [sys.executable]) + ["tests/ddp_step.py", out, str(tmp_path / name)] + flags,
+               timeout=300)
+    assert p.returncode == 0, crash_report(p)
     return torch.load(out)
 
 
@@ -92,13 +98,13 @@ def test_one_process_update_equals_two_processes(tmp_path, one_process, sharding
     torch.testing.assert_close(b["_norm"], a["_norm"], rtol=1e-4, atol=0)
 
 
-def test_resume_equals_uninterrupted(base, tmp_path):
+def test_resume_equals_uninterrupted(base, tmp_path, capsys):
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
     common = TINY + ["--mode", "fuzzy", "--model", base, "--steps", "4", "--save_every", "2"]
-    run(common + ["--out", full])
-    run(common + ["--out", part, "--stop_after", "2"])
+    run_here(common + ["--out", full], capsys)
+    run_here(common + ["--out", part, "--stop_after", "2"], capsys)
     assert json.loads(open(os.path.join(part, "metrics.jsonl")).readlines()[-1])["step"] == 2
-    run(common + ["--out", part, "--resume"])
+    run_here(common + ["--out", part, "--resume"], capsys)
     a, b = params(os.path.join(full, "last")), params(os.path.join(part, "last"))
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=0, rtol=0)
@@ -126,3 +132,16 @@ def test_fsdp_resume_equals_uninterrupted(base, tmp_path):
     tok = AutoTokenizer.from_pretrained(os.path.join(full, "last"))
     enc = tok(["Ann has 3 pens."], return_tensors="pt")
     assert model.generate(**enc, max_new_tokens=3, do_sample=False).shape[1] == enc.input_ids.shape[1] + 3
+
+
+def test_a_crashed_worker_is_told_apart_from_a_failure():
+    """The test launcher's retry (conftest.launch) fires on a worker killed by a signal, never on an exception, and
+    its report shows faulthandler's stacks first. The stderr lines are torchrun's own, from a CI run."""
+    crashed = subprocess.CompletedProcess([], 1, "", "Traceback ...\nFatal Python error: Segmentation fault\n\n"
+                                          "Thread 0x1 (most recent call first):\n  File \"train.py\", line 9\n" +
+                                          "x" * 5000 + "\n  exitcode  : -11 (pid: 19910)  (SIGSEGV)\n")
+    failed = subprocess.CompletedProcess([], 1, "", "ValueError: bad\n  exitcode  : 1 (pid: 19910)\n")
+    assert killed_by_signal(crashed) and not killed_by_signal(failed)
+    assert killed_by_signal(subprocess.CompletedProcess([], -11, "", ""))
+    assert crash_report(crashed).startswith("Fatal Python error: Segmentation fault") and "train.py" in \
+        crash_report(crashed)[:200]
