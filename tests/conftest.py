@@ -32,8 +32,8 @@ def killed_by_signal(p):
 def launch(cmd, timeout=600):
     """subprocess.run from the repository root, with ENV. A torchrun launch whose worker dies of a signal is run
     once more, with a warning that carries the crash: rank 0 of the 2-process FSDP run on CPU (gloo, torch 2.13)
-    died of SIGSEGV once in CI, inside torch's C code, and 37 local runs of the same launch did not crash. A wrong
-    result, an exception, or a second crash still fails."""
+    died of SIGSEGV once in CI, inside torch's C code; 77 local runs of the same launch (40 of them beside a busy
+    process) did not crash. A wrong result, an exception, or a second crash still fails."""
     p = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
     if cmd[:3] == TORCHRUN[:3] and p.returncode != 0 and killed_by_signal(p):
         warnings.warn(f"a torchrun worker died of a signal; running it again. Its output:\n{crash_report(p)}")
