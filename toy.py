@@ -101,7 +101,8 @@ SHIPPED_VAL_ACCURACY = {0: 0.38, 1: 0.42}
 # writes each supervised step in one of three equally valid phrasings, so its CoT has real choices: twice the
 # entropy, a third fewer near-one-hot steps (shipped for seed 0; docs/toy_study.md measures both against
 # SmolLM2-135M-Instruct and compares the three training modes on it).
-WORLDS = {"toy": dict(), "toy-calibrated": dict(name="toy-calibrated", phrasings=3)}
+BASE_NAME = "toy-base"   # the sharp world's folder name: models/toy-base-s<seed>, <cache>/toy-base-s<seed>-<hash>
+WORLDS = {"toy": dict(name=BASE_NAME), "toy-calibrated": dict(name="toy-calibrated", phrasings=3)}
 FROM_SCRATCH_NOTE = (
     "  note: a model made here is not the shipped one on another CPU. The supervised run amplifies the last\n"
     "  bits of the float sums (their order depends on the CPU's vector width, the math library and the torch\n"
@@ -226,9 +227,10 @@ def cot_target(row, rng=None, phrasings=1, label_noise=0.0):
     the answer still copies the CoT (the answer slot stays a copy; the CoT's arithmetic is what is unsure).
     Without an rng: the canonical completion (`7+3=10.` steps, no noise), as the out-of-domain NLL scores it.
     """
-    steps = [STEP.fullmatch(line).groups() for line in row["answer"].split("\n####")[0].split("\n")]
+    lines = row["answer"].split("\n####")[0].split("\n")
     if rng is None:
-        return " " + " ".join(f"{a}{op}{b}={r}." for a, op, b, r in steps) + f" {TRIGGER} \\boxed{{{gold(row)}}}"
+        return " " + " ".join(lines) + f" {TRIGGER} \\boxed{{{gold(row)}}}"
+    steps = [STEP.fullmatch(line).groups() for line in lines]
     x, out, offset = int(steps[0][0]), [], 0      # offset: the written value minus the true one so far
     for i, (_, op, b, true) in enumerate(steps):
         if rng.random() < label_noise:   # a near miss; this and every later written value stay >= 0
@@ -329,11 +331,11 @@ def train_sft(seed=0, steps=STEPS, batch_size=BATCH, lr=LR, warmup=WARMUP, held_
     return model.eval(), tok
 
 
-def base_model(seed=0, cache_dir=None, *, name="toy-base", steps=STEPS, batch_size=BATCH, lr=LR, warmup=WARMUP,
+def base_model(seed=0, cache_dir=None, *, name=BASE_NAME, steps=STEPS, batch_size=BATCH, lr=LR, warmup=WARMUP,
                held_out_frac=HELD_OUT_FRAC, phrasings=1, label_noise=0.0, from_scratch=False):
     """Path of the toy base model: a plain Hugging Face folder (safetensors, config, tokenizer).
 
-    With the settings of a shipped model (the default settings: models/toy-base-s0, -s1; WORLDS["calibrated"]:
+    With the settings of a shipped model (the default settings: models/toy-base-s0, -s1; WORLDS["toy-calibrated"]:
     models/toy-calibrated-s0) this is that model, so every machine starts from the same weights. Otherwise, or
     with from_scratch=True, the model is made here by the supervised run, once: the folder is
     `<cache_dir>/<name>-s<seed>-<hash>`, where cache_dir defaults to $SOFTCOT_CACHE, else ~/.cache/softcot, and
@@ -373,7 +375,7 @@ def base_model(seed=0, cache_dir=None, *, name="toy-base", steps=STEPS, batch_si
 
 def shipped_world(world, seed):
     """Whether the repository ships world's (a name in WORLDS) base model for this seed, so nothing is made."""
-    return os.path.isdir(os.path.join(SHIPPED_DIR, f"{WORLDS[world].get('name', 'toy-base')}-s{seed}"))
+    return os.path.isdir(os.path.join(SHIPPED_DIR, f"{WORLDS[world]['name']}-s{seed}"))
 
 
 def shipped_model(folder_name, cache_name):

@@ -20,7 +20,6 @@ different --limit, on the N problems they share (evaluate.py spreads a limit eve
 
 import json
 import os
-import re
 import statistics
 import sys
 
@@ -28,16 +27,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import evaluate  # noqa: E402
 
 
-def summary(run):
+def metrics(run):
     with open(os.path.join(run, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
+        return [json.loads(line) for line in f]
+
+
+def summary(run):
+    rows = metrics(run)
     val = [(r["step"], r["val_acc"]) for r in rows if "val_acc" in r]
     train = [r for r in rows if "accuracy" in r]
     best = max(val, key=lambda sv: (sv[1], -sv[0]))          # the earliest of equal bests, as train.py keeps it
 
     def mean(key, part):
         return statistics.fmean(r[key] for r in part) if part else float("nan")
-    return dict(run=os.path.basename(run.rstrip("/")), steps=len(train), base=val[0][1], final=val[-1][1],
+    return dict(run=os.path.basename(run.rstrip("/")), setting=evaluate.default_label([run]), steps=len(train), base=val[0][1], final=val[-1][1],
                 best=best[1], best_step=best[0], acc_first=mean("accuracy", train[:50]),
                 acc_last=mean("accuracy", train[-50:]), ent_first=mean("cot_entropy", train[:50]),
                 ent_last=mean("cot_entropy", train[-50:]))
@@ -61,7 +64,7 @@ def main(runs):
               f"| {r['ent_first']:.3f} -> {r['ent_last']:.3f} |")
     groups = {}
     for r in rows:                                            # seeds of one setting: the name without -s<seed>
-        groups.setdefault(re.sub(r"-s\d+$", "", r["run"]), []).append(r)
+        groups.setdefault(r["setting"], []).append(r)
     if any(len(g) > 1 for g in groups.values()):
         print("\n| setting | seeds | val final - base | val best - base | train acc, last 50 steps |")
         print("|---|---|---|---|---|")
@@ -79,9 +82,7 @@ def plot_curves(runs, path):
     import matplotlib.pyplot as plt
     groups = {}
     for run in runs:
-        with open(os.path.join(run, "metrics.jsonl")) as f:
-            groups.setdefault(re.sub(r"-s\d+$", "", os.path.basename(run.rstrip("/"))), []).append(
-                [json.loads(line) for line in f])
+        groups.setdefault(evaluate.default_label([run]), []).append(metrics(run))
     fig, (va, ta) = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, seeds in groups.items():
         vals = [[(m["step"], m["val_acc"]) for m in ms if "val_acc" in m] for ms in seeds]
