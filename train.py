@@ -826,6 +826,12 @@ def main(argv=None):
     print0(f"done: best greedy validation accuracy {best:.3f} (base: see metrics.jsonl step 0); "
            f"{skipped} skipped updates; best checkpoint in {best_dir}")
     if world > 1:
+        # DDP's C++ Reducer holds a reference to the process group. Freed after destroy_process_group (when
+        # main returns), it would drop the last reference while holding the GIL, and gloo's destructor waits
+        # for its worker threads, which may need the GIL to free their last work: rank 0 hung there once in the
+        # tests (its stack: Reducer dealloc -> ~ProcessGroupGloo -> thread join). Freed first, the last reference
+        # is destroy_process_group's, which releases the GIL while the threads stop.
+        del scorer
         dist.destroy_process_group()
 
 
