@@ -217,7 +217,13 @@ def gold(row):
     return rewards.gsm8k_gold(row["answer"])
 
 
-def cot_target(row, rng=None, phrasings=1, label_noise=0.0):
+def _object(question):
+    """The counted object of a word problem ("Ann had 7 pens, ..." -> "pens"), or None (a bare expression)."""
+    found = [w for w in OBJECTS if f" {w}," in question or f" {w}." in question]
+    return found[0] if found else None
+
+
+def cot_target(row, rng=None, phrasings=1, label_noise=0.0, units=0.0, shortcut=0.0):
     """The supervised completion after TOY_PROMPT: the worked steps on one line, the trigger, ` \\boxed{N}`.
     (The supervised run appends EOS.) The rollout's prefill after the trigger is ` \\boxed{`, the same text.
 
@@ -225,11 +231,23 @@ def cot_target(row, rng=None, phrasings=1, label_noise=0.0):
     the first `phrasings` of PHRASINGS, drawn uniformly, and with probability `label_noise` its result is off by
     1 or 2; later steps then start from the written number and the boxed answer is the chain's written end, so
     the answer still copies the CoT (the answer slot stays a copy; the CoT's arithmetic is what is unsure).
+    The two knobs of a world with slips RL can fix (WORLDS["toy-slips"]): with probability `units` the box holds
+    the number and the question's object (`\\boxed{8 pens}`: Math-Verify grades it wrong, reward 10, except for
+    `coins` and `apples`, which it drops as units, and for 0), and with
+    probability `shortcut` the worked steps are left out (` The final answer is: \\boxed{8}`), an answer the model
+    must then guess without a chain of thought. Both are drawn per row, so the base model splits between the two
+    habits, problem by problem: a format slip that the answer term fixes in every mode, and a strategy choice
+    (think or guess) at the CoT's second token, where hard sampling, the soft mixture and fuzzy noise all explore.
     Without an rng: the canonical completion (`7+3=10.` steps, no noise), as the out-of-domain NLL scores it.
     """
     lines = row["answer"].split("\n####")[0].split("\n")
     if rng is None:
         return " " + " ".join(lines) + f" {TRIGGER} \\boxed{{{gold(row)}}}"
+    if units or shortcut:
+        obj = _object(row["question"])
+        box = gold(row) + (f" {obj}" if obj and rng.random() < units else "")
+        steps = "" if rng.random() < shortcut else " " + " ".join(lines)
+        return f"{steps} {TRIGGER} \\boxed{{{box}}}"
     steps = [STEP.fullmatch(line).groups() for line in lines]
     x, out, offset = int(steps[0][0]), [], 0      # offset: the written value minus the true one so far
     for i, (_, op, b, true) in enumerate(steps):
@@ -274,7 +292,7 @@ def make_model(tokenizer, seed=0):
 
 # ---------------------------------------------------------------------------------------- the supervised run
 
-def _batches(tok, rows, batch_size, seed, phrasings=1, label_noise=0.0):
+def _batches(tok, rows, batch_size, seed, phrasings=1, label_noise=0.0, units=0.0, shortcut=0.0):
     """Right-padded (input_ids, labels) pairs, (batch_size, L) each; labels are -100 on prompt and padding.
 
     Sequence: <bos> prompt completion <eos>, the prompt tokenised exactly as the rollout does; the completion is
@@ -282,9 +300,9 @@ def _batches(tok, rows, batch_size, seed, phrasings=1, label_noise=0.0):
     by length within windows of 16 batches (16% fewer tokens than random batches), then the batches shuffled.
     """
     prompts = tok([TOY_PROMPT.format(question=r["question"]) for r in rows]).input_ids
-    knobs = phrasings > 1 or label_noise > 0
+    knobs = phrasings > 1 or label_noise > 0 or units > 0 or shortcut > 0
     rng = random.Random(f"targets/{seed}") if knobs else None
-    completions = tok([cot_target(r, rng, phrasings, label_noise) for r in rows], add_special_tokens=False).input_ids
+    completions = tok([cot_target(r, rng, phrasings, label_noise, units, shortcut) for r in rows], add_special_tokens=False).input_ids
     seqs = [(p + c + [tok.eos_token_id], len(p)) for p, c in zip(prompts, completions)]
     rng, window, groups = random.Random(seed), 16 * batch_size, []
     for w in range(0, len(seqs), window):
@@ -302,7 +320,7 @@ def _batches(tok, rows, batch_size, seed, phrasings=1, label_noise=0.0):
 
 
 def train_sft(seed=0, steps=STEPS, batch_size=BATCH, lr=LR, warmup=WARMUP, held_out_frac=HELD_OUT_FRAC,
-              phrasings=1, label_noise=0.0, log_every=50):
+              phrasings=1, label_noise=0.0, units=0.0, shortcut=0.0, log_every=50):
     """Train the base model from scratch; returns (model, tokenizer). Deterministic for a seed and thread count."""
     tok = make_tokenizer()
     model = make_model(tok, seed)
@@ -317,7 +335,7 @@ def train_sft(seed=0, steps=STEPS, batch_size=BATCH, lr=LR, warmup=WARMUP, held_
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * s / steps)))
     model.train()
     t0 = time.time()
-    for step, (ids, labels) in enumerate(_batches(tok, rows, batch_size, seed, phrasings, label_noise), 1):
+    for step, (ids, labels) in enumerate(_batches(tok, rows, batch_size, seed, phrasings, label_noise, units, shortcut), 1):
         # No attention mask: padding is on the right, so the causal mask already keeps it out of every real
         # position, and SDPA takes its fast causal path. Loss: mean over completion tokens (HF shifts labels).
         loss = model(input_ids=ids, labels=labels).loss
@@ -332,7 +350,8 @@ def train_sft(seed=0, steps=STEPS, batch_size=BATCH, lr=LR, warmup=WARMUP, held_
 
 
 def base_model(seed=0, cache_dir=None, *, name=BASE_NAME, steps=STEPS, batch_size=BATCH, lr=LR, warmup=WARMUP,
-               held_out_frac=HELD_OUT_FRAC, phrasings=1, label_noise=0.0, from_scratch=False):
+               held_out_frac=HELD_OUT_FRAC, phrasings=1, label_noise=0.0, units=0.0, shortcut=0.0,
+               from_scratch=False):
     """Path of the toy base model: a plain Hugging Face folder (safetensors, config, tokenizer).
 
     With the settings of a shipped model (the default settings: models/toy-base-s0, -s1; WORLDS["toy-calibrated"]:
@@ -346,15 +365,17 @@ def base_model(seed=0, cache_dir=None, *, name=BASE_NAME, steps=STEPS, batch_siz
     """
     if not 0 <= held_out_frac <= 1 / len(HELD_OUT):
         raise ValueError(f"held_out_frac is the share of each held-out skill: 0 to {1 / len(HELD_OUT)}")
-    if phrasings not in range(1, len(PHRASINGS) + 1) or not 0 <= label_noise <= 1:
-        raise ValueError(f"phrasings is 1 to {len(PHRASINGS)} and label_noise a probability (got {phrasings}, "
-                         f"{label_noise})")
+    if phrasings not in range(1, len(PHRASINGS) + 1) or not all(0 <= q <= 1 for q in (label_noise, units, shortcut)):
+        raise ValueError(f"phrasings is 1 to {len(PHRASINGS)}, and label_noise, units and shortcut are probabilities "
+                         f"(got {phrasings}, {label_noise}, {units}, {shortcut})")
     settings = dict(seed=seed, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                     held_out_frac=held_out_frac, model=MODEL, prompt=TOY_PROMPT,
                     vocab=sorted(make_tokenizer().get_vocab().items(), key=lambda kv: kv[1]),
                     sample=[make_rows(2, 0, s, "sft") for s in SKILLS])
     if phrasings > 1 or label_noise > 0:   # only when on: the default settings keep the shipped models' hash
         settings.update(phrasings=phrasings, phrasings_text=PHRASINGS[:phrasings], label_noise=label_noise)
+    if units > 0 or shortcut > 0:             # likewise: the earlier worlds keep their hashes
+        settings.update(units=units, shortcut=shortcut)
     path = cache_path(f"{name}-s{seed}", settings, cache_dir)
     shipped = shipped_model(f"{name}-s{seed}", os.path.basename(path))
     if shipped and not from_scratch:
@@ -365,7 +386,8 @@ def base_model(seed=0, cache_dir=None, *, name=BASE_NAME, steps=STEPS, batch_siz
           f"{torch.get_num_threads()} threads) -> {path}\n{FROM_SCRATCH_NOTE}"
           + (f"\n  (the shipped model for these settings is {shipped})" if shipped else ""), flush=True)
     t0 = time.time()
-    model, tok = train_sft(seed, steps, batch_size, lr, warmup, held_out_frac, phrasings, label_noise)
+    model, tok = train_sft(seed, steps, batch_size, lr, warmup, held_out_frac, phrasings, label_noise, units,
+                           shortcut)
     settings.update(train_seconds=round(time.time() - t0, 1), threads=torch.get_num_threads())
     save_atomically(path, model, tok, "toy.json",    # how this model was made, for readers
                     {k: v for k, v in settings.items() if k not in ("vocab", "sample")})

@@ -745,7 +745,20 @@ def describe_run(args, world, sigma, n_train, n_val):
         json.dump(vars(args) | {"sigma": sigma, "world_size": world}, f, indent=1)
 
 
+def run_summary(out, seconds, steps):
+    """The line a run ends with: greedy validation base -> best (its step) -> final, from <out>/metrics.jsonl (so a
+    resumed run reports the whole run), and this process's wall time."""
+    vals = [(m["step"], m["val_acc"]) for m in map(json.loads, open(os.path.join(out, "metrics.jsonl")))
+            if "val_acc" in m]
+    (_, base), (final_step, final) = vals[0], vals[-1]
+    best_step, best = max(vals, key=lambda sv: (sv[1], -sv[0]))    # the first step that reached the best (best/)
+    return (f"done: greedy validation {base:.3f} (base) -> {best:.3f} (best, step {best_step}) -> {final:.3f} "
+            f"(final, step {final_step}), {final - base:+.3f} final - base; {steps} steps in {seconds:.0f} s "
+            f"({steps / max(seconds, 1e-9):.2f} steps/s)")
+
+
 def main(argv=None):
+    t_start = time.time()
     args = parse_args(argv)
     rank, world, device = setup_distributed()
     master = rank == 0
@@ -823,8 +836,9 @@ def main(argv=None):
                 raise KeyboardInterrupt
             break
     signal.signal(signal.SIGINT, signal.default_int_handler)   # Python's own again (notebooks call main())
-    print0(f"done: best greedy validation accuracy {best:.3f} (base: see metrics.jsonl step 0); "
-           f"{skipped} skipped updates; best checkpoint in {best_dir}")
+    if master:
+        print(run_summary(args.out, time.time() - t_start, args.steps - start) +
+              f"; {skipped} skipped updates; best checkpoint in {best_dir}", flush=True)
     if world > 1:
         # DDP's C++ Reducer holds a reference to the process group. Freed after destroy_process_group (when
         # main returns), it would drop the last reference while holding the GIL, and gloo's destructor waits

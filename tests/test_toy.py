@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import data
+import rewards
 import toy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,6 +89,30 @@ def test_phrasings_and_label_noise(skill):
     assert 0.4 < wrong / total < 0.6                   # label_noise = 0.5: about half the steps are off
     with pytest.raises(ValueError, match="phrasings"):
         toy.base_model(0, phrasings=4)
+
+
+def test_units_and_shortcut_knobs():
+    """The slips world's knobs: `units` puts the question's object into the box (mostly graded wrong: 10),
+    `shortcut` drops the worked steps; each drawn per row at about its rate, otherwise the canonical target."""
+    import random
+    rows = toy.make_rows(400, 0, "addsub", "sft")
+    rng = random.Random(0)
+    n_units = n_short = 0
+    for row in rows:
+        target = toy.cot_target(row, rng, units=0.5, shortcut=0.3)
+        steps, box = target.split(f" {toy.TRIGGER} ")
+        obj = toy._object(row["question"])
+        assert obj is not None and obj in row["question"]
+        assert box in (f"\\boxed{{{toy.gold(row)}}}", f"\\boxed{{{toy.gold(row)} {obj}}}")
+        assert steps in ("", toy.cot_target(row).split(f" {toy.TRIGGER} ")[0])
+        n_units, n_short = n_units + (obj in box), n_short + (steps == "")
+        # Math-Verify drops "coins" and "apples" as units, and 0 times anything is 0: those slips go unpunished
+        forgiven = obj in ("coins", "apples") or toy.gold(row) == "0"
+        assert rewards.reward(" " + box, row["answer"]) == (10.0 if obj in box and not forgiven else 100.0)
+    assert 0.42 < n_units / len(rows) < 0.58 and 0.23 < n_short / len(rows) < 0.37
+    assert toy._object("What is 7+3-2?") is None      # a bare expression has no object: never units
+    with pytest.raises(ValueError, match="probabilities"):
+        toy.base_model(0, units=1.5)
 
 
 def test_splits_are_disjoint_and_read_like_gsm8k(tmp_path):
