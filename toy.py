@@ -113,6 +113,10 @@ FROM_SCRATCH_NOTE = (
 
 NAMES = ("Ann", "Tom", "Mia", "Ben", "Zoe", "Sam", "Eva", "Max", "Kim", "Leo")
 OBJECTS = ("pens", "eggs", "cards", "coins", "books", "apples", "shells", "stamps")
+# The objects whose answers the slips world's supervised data writes with units (`units` knob): a habit tied to
+# the problem, so the base model slips on some problems and not on others. Math-Verify grades `\boxed{8 pens}`
+# wrong for these four (it drops "coins" and "apples" as units, so those would be no slip).
+UNIT_OBJECTS = ("pens", "eggs", "cards", "books")
 GAIN = ("got", "won", "found", "bought")
 LOSS = ("lost", "sold", "gave away", "used")
 MAX_N = 10          # operands are 1..MAX_N
@@ -245,7 +249,7 @@ def cot_target(row, rng=None, phrasings=1, label_noise=0.0, units=0.0, shortcut=
         return " " + " ".join(lines) + f" {TRIGGER} \\boxed{{{gold(row)}}}"
     if units or shortcut:
         obj = _object(row["question"])
-        box = gold(row) + (f" {obj}" if obj and rng.random() < units else "")
+        box = gold(row) + (f" {obj}" if obj in UNIT_OBJECTS and rng.random() < units else "")
         steps = "" if rng.random() < shortcut else " " + " ".join(lines)
         return f"{steps} {TRIGGER} \\boxed{{{box}}}"
     steps = [STEP.fullmatch(line).groups() for line in lines]
@@ -375,7 +379,7 @@ def base_model(seed=0, cache_dir=None, *, name=BASE_NAME, steps=STEPS, batch_siz
     if phrasings > 1 or label_noise > 0:   # only when on: the default settings keep the shipped models' hash
         settings.update(phrasings=phrasings, phrasings_text=PHRASINGS[:phrasings], label_noise=label_noise)
     if units > 0 or shortcut > 0:             # likewise: the earlier worlds keep their hashes
-        settings.update(units=units, shortcut=shortcut)
+        settings.update(units=units, unit_objects=UNIT_OBJECTS, shortcut=shortcut)
     path = cache_path(f"{name}-s{seed}", settings, cache_dir)
     shipped = shipped_model(f"{name}-s{seed}", os.path.basename(path))
     if shipped and not from_scratch:

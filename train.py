@@ -127,6 +127,8 @@ def parse_args(argv=None):
                         "Llama-3.1-8B on 80 GB GPUs (the memory plan printed at start says when)")
     g.add_argument("--grad_ckpt", action="store_true",
                    help="activation checkpointing in the re-scoring forward: less memory, ~1/3 more compute")
+    g.add_argument("--loss_terms", default="both", choices=["both", "cot", "answer"],
+                   help="ablation: which sampled steps enter l of Eq. 13 (both = the method; cot / answer = one term)")
     g.add_argument("--rescore_tol", type=float, default=1.0,
                    help="leave out of the loss any sampled step whose re-scored log-prob differs from the "
                         "rollout's by more than this many nats (numerical drift; counted as rescore_mismatch)")
@@ -427,13 +429,14 @@ def all_sum(t, world):
 
 
 def policy_gradient_step(model, scorer, opt, ro, adv, num_global, world, micro_batch, grad_clip, ctx=nullcontext(),
-                         rescore_tol=float("inf")):
+                         rescore_tol=float("inf"), loss_terms="both"):
     """Eq. 14-15 on this rank's rollouts: accumulate -P * sum(A * l) / N over micro-batches, then one update.
 
     ro: this rank's Rollout (n rows); adv: (n,) advantages. DDP and FSDP average gradients over the P ranks, and the
     factor P in rloo_loss makes that average the single-process gradient of Eq. 15 (rloo.py). Steps whose re-scored
     log-prob drifted from the rollout's by more than rescore_tol are left out (softcot.drifted_steps). Returns the
     gradient norm before clipping, whether the update was applied (False if not finite), and the drifted steps.
+    loss_terms: "both" (the method), or "cot" / "answer" to keep one term of l only (an ablation).
     """
     n = len(adv)
     chunks = [list(range(i, min(i + micro_batch, n))) for i in range(0, n, micro_batch)]
@@ -449,7 +452,9 @@ def policy_gradient_step(model, scorer, opt, ro, adv, num_global, world, micro_b
                 lp = scorer(mb)                                                        # (m, S) Eq. 9-10
             drift = softcot.drifted_steps(lp, mb, rescore_tol)                         # (m, S) bool
             drifted += int(drift.sum())
-            logp = lp.masked_fill(drift, 0.0).sum(-1)                                  # (m,) Eq. 13
+            drop = drift if loss_terms == "both" else \
+                drift | (mb.kind == (softcot.ANSWER if loss_terms == "cot" else softcot.COT))   # ablation: one term
+            logp = lp.masked_fill(drop, 0.0).sum(-1)                                   # (m,) Eq. 13
             loss = rloo.rloo_loss(logp, adv[rows], num_global, world)                  # Eq. 14
             loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
@@ -761,6 +766,10 @@ def main(argv=None):
     t_start = time.time()
     args = parse_args(argv)
     rank, world, device = setup_distributed()
+    if device.type == "cpu":
+        # The backward of E[ids] (index_put with accumulate) adds rows in thread order on CPU: with 2 threads two
+        # runs of one command differed at step 6. Its deterministic kernel makes a CPU run repeat bit for bit.
+        torch.use_deterministic_algorithms(True)
     master = rank == 0
     print0 = print if master else (lambda *a, **k: None)
     torch.manual_seed(args.seed)
@@ -807,7 +816,7 @@ def main(argv=None):
         # ---- 4-5. re-score with gradient, update (Eq. 14-15); a skipped update still advances the schedule
         model.train()
         gnorm, ok, drifted = policy_gradient_step(model, scorer, opt, ro, adv, N, world, args.micro_batch,
-                                                  args.grad_clip, ctx, args.rescore_tol)
+                                                  args.grad_clip, ctx, args.rescore_tol, args.loss_terms)
         sync_rollout_model(model, rollout_lm)   # FSDP: the next rollout samples from the updated weights
         sched.step()
         skipped += not ok

@@ -92,7 +92,7 @@ def test_phrasings_and_label_noise(skill):
 
 
 def test_units_and_shortcut_knobs():
-    """The slips world's knobs: `units` puts the question's object into the box (mostly graded wrong: 10),
+    """The slips world's knobs: `units` puts the question's object into the box for UNIT_OBJECTS (graded wrong),
     `shortcut` drops the worked steps; each drawn per row at about its rate, otherwise the canonical target."""
     import random
     rows = toy.make_rows(400, 0, "addsub", "sft")
@@ -103,13 +103,14 @@ def test_units_and_shortcut_knobs():
         steps, box = target.split(f" {toy.TRIGGER} ")
         obj = toy._object(row["question"])
         assert obj is not None and obj in row["question"]
-        assert box in (f"\\boxed{{{toy.gold(row)}}}", f"\\boxed{{{toy.gold(row)} {obj}}}")
+        assert box == f"\\boxed{{{toy.gold(row)}}}" or (obj in toy.UNIT_OBJECTS and box == f"\\boxed{{{toy.gold(row)} {obj}}}")
         assert steps in ("", toy.cot_target(row).split(f" {toy.TRIGGER} ")[0])
         n_units, n_short = n_units + (obj in box), n_short + (steps == "")
-        # Math-Verify drops "coins" and "apples" as units, and 0 times anything is 0: those slips go unpunished
-        forgiven = obj in ("coins", "apples") or toy.gold(row) == "0"
+        # Math-Verify grades the unit objects' slips wrong, except 0 (0 times anything is 0)
+        forgiven = toy.gold(row) == "0"
         assert rewards.reward(" " + box, row["answer"]) == (10.0 if obj in box and not forgiven else 100.0)
-    assert 0.42 < n_units / len(rows) < 0.58 and 0.23 < n_short / len(rows) < 0.37
+    n_objects = sum(toy._object(r["question"]) in toy.UNIT_OBJECTS for r in rows)    # only these get units
+    assert 0.42 < n_units / n_objects < 0.58 and 0.23 < n_short / len(rows) < 0.37
     assert toy._object("What is 7+3-2?") is None      # a bare expression has no object: never units
     with pytest.raises(ValueError, match="probabilities"):
         toy.base_model(0, units=1.5)
