@@ -102,7 +102,8 @@ SHIPPED_VAL_ACCURACY = {0: 0.38, 1: 0.42}
 # entropy, a third fewer near-one-hot steps (shipped for seed 0; docs/toy_study.md measures both against
 # SmolLM2-135M-Instruct and compares the three training modes on it).
 BASE_NAME = "toy-base"   # the sharp world's folder name: models/toy-base-s<seed>, <cache>/toy-base-s<seed>-<hash>
-WORLDS = {"toy": dict(name=BASE_NAME), "toy-calibrated": dict(name="toy-calibrated", phrasings=3)}
+WORLDS = {"toy": dict(name=BASE_NAME), "toy-calibrated": dict(name="toy-calibrated", phrasings=3),
+          "toy-slips": dict(name="toy-slips", units=0.8, steps=800)}
 FROM_SCRATCH_NOTE = (
     "  note: a model made here is not the shipped one on another CPU. The supervised run amplifies the last\n"
     "  bits of the float sums (their order depends on the CPU's vector width, the math library and the torch\n"
@@ -115,8 +116,8 @@ NAMES = ("Ann", "Tom", "Mia", "Ben", "Zoe", "Sam", "Eva", "Max", "Kim", "Leo")
 OBJECTS = ("pens", "eggs", "cards", "coins", "books", "apples", "shells", "stamps")
 # The objects whose answers the slips world's supervised data writes with units (`units` knob): a habit tied to
 # the problem, so the base model slips on some problems and not on others. Math-Verify grades `\boxed{8 pens}`
-# wrong for these four (it drops "coins" and "apples" as units, so those would be no slip).
-UNIT_OBJECTS = ("pens", "eggs", "cards", "books")
+# wrong for these six (it drops "coins" and "apples" as units, so those would be no slip).
+UNIT_OBJECTS = ("pens", "eggs", "cards", "books", "shells", "stamps")
 GAIN = ("got", "won", "found", "bought")
 LOSS = ("lost", "sold", "gave away", "used")
 MAX_N = 10          # operands are 1..MAX_N
@@ -235,13 +236,12 @@ def cot_target(row, rng=None, phrasings=1, label_noise=0.0, units=0.0, shortcut=
     the first `phrasings` of PHRASINGS, drawn uniformly, and with probability `label_noise` its result is off by
     1 or 2; later steps then start from the written number and the boxed answer is the chain's written end, so
     the answer still copies the CoT (the answer slot stays a copy; the CoT's arithmetic is what is unsure).
-    The two knobs of a world with slips RL can fix (WORLDS["toy-slips"]): with probability `units` the box holds
-    the number and the question's object (`\\boxed{8 pens}`: Math-Verify grades it wrong, reward 10, except for
-    `coins` and `apples`, which it drops as units, and for 0), and with
-    probability `shortcut` the worked steps are left out (` The final answer is: \\boxed{8}`), an answer the model
-    must then guess without a chain of thought. Both are drawn per row, so the base model splits between the two
-    habits, problem by problem: a format slip that the answer term fixes in every mode, and a strategy choice
-    (think or guess) at the CoT's second token, where hard sampling, the soft mixture and fuzzy noise all explore.
+    The two knobs of a world with slips that RL can fix (WORLDS["toy-slips"]): with probability `units`, a problem
+    about one of UNIT_OBJECTS gets its object in the box (`\\boxed{8 pens}`: Math-Verify grades it wrong, reward
+    10, except 0), so the base model keeps the habit for some problems and not others, a format slip that the
+    answer term of Eq. 13 can fix in every mode (the answer is hard tokens in all three); with probability
+    `shortcut` the worked steps are left out (` The final answer is: \\boxed{8}`): a guess without a chain of
+    thought, a strategy choice at the CoT's second token. The two pairs of knobs are not combined (base_model).
     Without an rng: the canonical completion (`7+3=10.` steps, no noise), as the out-of-domain NLL scores it.
     """
     lines = row["answer"].split("\n####")[0].split("\n")
@@ -372,6 +372,9 @@ def base_model(seed=0, cache_dir=None, *, name=BASE_NAME, steps=STEPS, batch_siz
     if phrasings not in range(1, len(PHRASINGS) + 1) or not all(0 <= q <= 1 for q in (label_noise, units, shortcut)):
         raise ValueError(f"phrasings is 1 to {len(PHRASINGS)}, and label_noise, units and shortcut are probabilities "
                          f"(got {phrasings}, {label_noise}, {units}, {shortcut})")
+    if (units or shortcut) and (phrasings > 1 or label_noise):
+        raise ValueError("units / shortcut (the slips world) and phrasings / label_noise (the calibrated world) "
+                         "are separate worlds: set one pair")
     settings = dict(seed=seed, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                     held_out_frac=held_out_frac, model=MODEL, prompt=TOY_PROMPT,
                     vocab=sorted(make_tokenizer().get_vocab().items(), key=lambda kv: kv[1]),

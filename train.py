@@ -52,7 +52,7 @@ import toy
 PAPER = dict(prompt="paper", steps=4000, prompts_per_step=2, samples=32, max_answer_tokens=32, warmup=20,
              val_size=200, val_every=50, val_cot_tokens=512, micro_batch=4)
 RECIPES = {
-    "tiny": dict(model="toy", dataset="toy", prompt="toy", lr=3e-5, steps=150, prompts_per_step=8, samples=8,
+    "tiny": dict(model="toy-slips", dataset="toy", prompt="toy", lr=3e-5, steps=150, prompts_per_step=8, samples=8,
                  max_cot_tokens=64, val_cot_tokens=64, max_answer_tokens=8, warmup=20, val_size=200,
                  val_every=25, micro_batch=64),
     "llama3b-gsm8k": dict(PAPER, model="meta-llama/Llama-3.2-3B-Instruct", dataset="gsm8k", lr=6e-6,

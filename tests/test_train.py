@@ -145,3 +145,31 @@ def test_a_crashed_worker_is_told_apart_from_a_failure():
     assert killed_by_signal(subprocess.CompletedProcess([], -11, "", ""))
     assert crash_report(crashed).startswith("Fatal Python error: Segmentation fault") and "train.py" in \
         crash_report(crashed)[:200]
+
+
+def test_cpu_runs_use_deterministic_kernels(base, tmp_path, capsys):
+    """The re-score's E[ids] backward (index_put with accumulate) adds rows in thread order on CPU, so with 2 threads
+    the same step gave another gradient now and then (a run diverged at step 6). train.main turns on torch's
+    deterministic kernels on CPU: the same gradient every time. The first half shows the check can fail."""
+    def distinct_gradients(deterministic):
+        torch.use_deterministic_algorithms(deterministic)
+        g = torch.Generator().manual_seed(0)
+        E = torch.randn(100, 128, requires_grad=True)
+        ids, w = torch.randint(0, 100, (64, 120), generator=g), torch.randn(64, 120, 128, generator=g)
+        seen = set()
+        for _ in range(30):
+            E.grad = None
+            (E[ids] * w).sum().backward()
+            seen.add(E.grad.numpy().tobytes())
+        return len(seen)
+
+    threads, was = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.set_num_threads(2)
+        assert distinct_gradients(False) > 1
+        run_here(TINY + ["--mode", "hard", "--model", base, "--steps", "1", "--out", str(tmp_path / "r")], capsys)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert distinct_gradients(True) == 1
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(was)
