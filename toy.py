@@ -37,7 +37,8 @@ same on any CPU unless two logits tie to the last bit, the sampled column may mo
     0      38.0%  38.0%  23.0%      11.0%       26% correct, 4.55 distinct answers per problem
     1      42.0%  46.5%  29.0%      22.0%       26% correct, 4.73 distinct answers per problem
 
-Two worlds (WORLDS; train.py's `--model toy` and `--model toy-calibrated`). The default above is sharp: its CoT
+Three worlds (WORLDS; train.py's `--model toy`, `--model toy-calibrated`, `--model toy-slips`). The first, above, is
+sharp: its CoT
 is nearly deterministic (0.13 nats per step, 92% of steps put more than 0.99 of the tau = 0.5 softmax on one
 token), so soft and fuzzy training find almost nothing to mix. The calibrated world writes every supervised step
 in one of three equally valid phrasings (`7+3=10.`, `7 + 3 = 10.`, `7 plus 3 is 10.`, drawn per step; the
@@ -47,6 +48,20 @@ it against SmolLM2-135M-Instruct and the other candidates, and compares the thre
 
     world            seed   val    test   test_mul   test_expr   8 samples at T=1 (100 val problems)
     toy-calibrated   0      11.5%  13.5%  3.5%       10.0%       9.4% correct, 6.42 distinct answers per problem
+
+The slips world is the one RL visibly improves, and the `tiny` recipe's default (docs/learning.md). Its supervised
+answers box the object with the number (`\\boxed{8 pens}`, the `units` knob) in 80% of the problems about six of
+the eight objects (UNIT_OBJECTS; Math-Verify grades those wrong), with 800 supervised steps: the base model keeps
+the habit on most such problems, so its greedy answers are mostly wrong although a quarter of its chains of
+thought are right. Fixing the habit is what RL does first, in every mode, through the answer term; the arithmetic
+inside the CoT is what it barely changes (docs/learning.md). Greedy accuracy as `python toy.py --world toy-slips`
+prints it (model.generate, 200 problems each; train.py's step-0 validation, a softcot rollout with the CoT cap 64
+and the prefill, is in docs/learning.md):
+
+    world            seed   val    test   test_mul   test_expr   8 samples at T=1 (100 val problems)
+    toy-slips        0      4.0%   4.5%   0.5%       37.5%       21.7% correct, 5.65 distinct answers per problem
+    toy-slips        1      2.0%   0.0%   0.0%       14.0%       16.6% correct, 5.38 distinct answers per problem
+    toy-slips        2      16.0%  17.0%  28.0%      42.0%       27.4% correct, 4.17 distinct answers per problem
 
 A model made here instead (`python toy.py --from-scratch`, or any change to the settings) is another model on
 another CPU: the same seed-0 settings gave 46.5% val (seed 1: 40.5%) on an AMD EPYC, because the run amplifies
@@ -551,7 +566,7 @@ if __name__ == "__main__":
                                  "or one made here (--from-scratch, or a seed with no shipped model).")
     ap.add_argument("--seed", type=int, default=0, help="seed of the supervised run and of the problems")
     ap.add_argument("--world", default="toy", choices=sorted(WORLDS), help="the toy world (WORLDS): toy (sharp, "
-                    "the default) or toy-calibrated")
+                    "the default), toy-calibrated, or toy-slips (the tiny recipe's)")
     ap.add_argument("--from-scratch", action="store_true",
                     help="make the model here by the supervised run (cached) instead of loading the shipped one")
     ap.add_argument("--cache-dir", help="parent folder of a model made here (default: $SOFTCOT_CACHE or "

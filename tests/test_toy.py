@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import data
 import rewards
 import toy
+import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # sha256 of models/toy-base-s<seed>/model.safetensors. The README's, the notebooks' and toy.py's toy numbers
@@ -19,6 +20,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED_SHA256 = {0: "9f12876ea74512ec02777dc05ecd86d2d4a561a8f7704ec572d5c265b8d076d7",
                   1: "742966b7917b61cdf5e3a11558fb7bea4ea1fda2e45a8d809a741020e402680e"}
 CALIBRATED_SHA256 = "b910f6deceba4b4142d67338606c0f280380bff3036f3b35ee9f7aad9da6dffc"   # models/toy-calibrated-s0
+SLIPS_SHA256 = {0: "5a273b4bccaf8267115756ae4e9b2b7c7798d32b8671d65868ab4a8d5ec1e276",   # models/toy-slips-s<seed>
+                1: "3284dd2658805e55c42c241328dadc97765b660919eb54d648d2655572091320",
+                2: "0c8cd307897d8b9ed1f80b3683ceea54e55e6a90a3b5b467f5cbee8e4f9c5d97"}
 
 
 def evaluate_steps(row):
@@ -218,6 +222,23 @@ def test_calibrated_world_is_shipped_and_documented():
     model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     acc = toy.greedy_accuracy(model, tok, toy.make_rows(200, 0, split="val"))
     assert re.search(rf"^ +toy-calibrated +0 +{100 * acc:.1f}% ", toy.__doc__, re.M), f"toy.py should say {acc:.1%}"
+
+
+@pytest.mark.parametrize("seed", sorted(SLIPS_SHA256))
+def test_slips_world_is_shipped_and_documented(seed):
+    """The tiny recipe's world: toy.WORLDS["toy-slips"] resolves to the shipped, pinned models/toy-slips-s<seed>,
+    whose greedy validation accuracy is the one toy.py's table states, and whose greedy answers box units."""
+    path = toy.base_model(seed, **toy.WORLDS["toy-slips"])
+    assert path == os.path.join(ROOT, "models", f"toy-slips-s{seed}") and toy.shipped_world("toy-slips", seed)
+    with open(os.path.join(path, "model.safetensors"), "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == SLIPS_SHA256[seed], "re-measure docs/learning.md if meant"
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    rows = toy.make_rows(200, seed, split="val")
+    acc = toy.greedy_accuracy(model, tok, rows)
+    boxed = [a[0] or "" for a in toy._answers(model, tok, rows)]
+    assert sum(any(o in b for o in toy.UNIT_OBJECTS) for b in boxed) > len(rows) / 2     # the slip RL fixes
+    assert re.search(rf"^ +toy-slips +{seed} +{100 * acc:.1f}% ", toy.__doc__, re.M), f"toy.py should say {acc:.1%}"
+    assert train.RECIPES["tiny"]["model"] == "toy-slips"
 
 
 @pytest.mark.parametrize("seed", sorted(SHIPPED_SHA256))
