@@ -451,7 +451,7 @@ def parse_args(argv=None):
                    help="a row of train.RECIPES: sets the default model, test set, prompt and lengths")
     g = p.add_argument_group("what to evaluate")
     g.add_argument("--model", nargs="+", help="checkpoint folder(s) (runs/<run>/best), hub name(s), 'toy', "
-                   "'toy-calibrated' or 'smol'; "
+                   "'toy-calibrated', 'toy-slips' or 'smol'; "
                    "several = seeds of one method, one table row with mean ± std (default: the recipe's model, "
                    "none when only --metrics is given)")
     g.add_argument("--label", help="the table row's name (default: the run folder's name without -s<seed>)")
@@ -507,7 +507,7 @@ def parse_args(argv=None):
         named = path in toy.WORLDS or path == "smol" or train.HUB_NAME.fullmatch(path)   # made, or a hub name
         if not named and not os.path.exists(path):
             p.error(f"--model {path}: no such checkpoint folder; pass a folder written by train.py "
-                    "(runs/<run>/best), a hub name, 'toy' / 'toy-calibrated' (a toy base model) or 'smol' (smol.py)")
+                    "(runs/<run>/best), a hub name, 'toy' / 'toy-calibrated' / 'toy-slips' (a toy base model) or 'smol' (smol.py)")
     validate_args(p, args)
     args.label = args.label or (default_label(args.model) if args.model else None)
     return args

@@ -374,7 +374,7 @@ def parse_args(argv=None):
     p.add_argument("--tau", type=float, default=None, help="CoT temperature (default: the mode's training tau)")
     p.add_argument("--gamma", type=float, default=softcot.GAMMA, help="sigma = gamma * RMS(E)")
     p.add_argument("--top_k", type=int, default=None)
-    p.add_argument("--model", help="Hugging Face name or local folder; 'toy' / 'toy-calibrated' / 'smol' as in "
+    p.add_argument("--model", help="Hugging Face name or local folder; 'toy' / 'toy-calibrated' / 'toy-slips' / 'smol' as in "
                    "train.py")
     p.add_argument("--dataset")
     p.add_argument("--data_path", default=None)

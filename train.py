@@ -84,8 +84,8 @@ def parse_args(argv=None):
     g.add_argument("--gamma", type=float, default=softcot.GAMMA, help="noise sigma = gamma * RMS(E) of the base model")
     g.add_argument("--top_k", type=int, default=None, help="ablation: mix only the top-k tokens (soft/fuzzy)")
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", help="Hugging Face name or local folder; 'toy' / 'toy-calibrated': a toy world's "
-                   "base model (toy.WORLDS)")
+    g.add_argument("--model", help="Hugging Face name or local folder; 'toy' / 'toy-calibrated' / 'toy-slips': a "
+                   "toy world's base model (toy.WORLDS)")
     g.add_argument("--dataset", help="gsm8k | math | deepscaler (data.py), or 'toy'")
     g.add_argument("--data_path", default=None, help="a local json/jsonl/parquet file in the dataset's hub schema")
     g.add_argument("--prompt", choices=list(PROMPTS), help=PROMPT_HELP)
@@ -191,7 +191,7 @@ def validate_args(p, args):
             p.error(f"--model smol: {e}")
     elif args.model not in toy.WORLDS and not os.path.isdir(args.model) and not HUB_NAME.fullmatch(args.model):
         p.error(f"--model {args.model}: no such folder; pass a Hugging Face folder, a hub name (org/name), 'toy', "
-                "'toy-calibrated' or 'smol' (offline, the whole method: --recipe tiny)")
+                "'toy-calibrated', 'toy-slips' or 'smol' (offline, the whole method: --recipe tiny)")
     elif os.path.isdir(args.model) and not os.path.isfile(os.path.join(args.model, "config.json")):
         p.error(f"--model {args.model}: the folder has no config.json; pass a Hugging Face model folder")
     trainable = [n for n, s in data.DATASETS.items() if "train" in s.splits] + ["toy", "smol"]

@@ -5,8 +5,8 @@
 # evaluation that finished (its DONE file) is skipped. Two jobs at a time, one torch thread each (2 CPU cores).
 #
 #   bash scripts/slips_study.sh main    # python train.py --recipe tiny --mode {hard,soft,fuzzy} --seed {0,1,2}
-#   bash scripts/slips_study.sh eval    # Tables 3-5, Fig. 3, the held-out skills: each base model and run's last/
-#                                       # checkpoint (50 test problems, 32 samples)
+#   bash scripts/slips_study.sh eval    # Tables 3-5 and Fig. 3 of each base model and run's last/ checkpoint
+#                                       # (50 test problems, 32 samples)
 #
 # Unlike scripts/toy_study.sh, a seed here is the first command's --seed: it picks the base model
 # (models/toy-slips-s<seed>) as well as the RL randomness, so the spread over seeds includes the base model's.
@@ -24,12 +24,12 @@ train() {   # train <out> <flags...>: a new run, or the rest of a killed one
     python train.py --recipe tiny "$@" --out "$out" $resume > "$out.log" 2>&1 && touch "$out/DONE"
 }
 
-evaluate() {   # evaluate <label> <checkpoints...>: the six settings, pass@k to 32, the held-out skills
+evaluate() {   # evaluate <label> <checkpoints...>: the six settings, pass@k to 32
     local label=$1; shift
     [ -f "$OUT/eval/DONE_$label" ] && return 0
     mkdir -p "$OUT/eval"
-    python evaluate.py --recipe tiny --model "$@" --label "$label" --samples 32 --limit 50 \
-        --ood test_mul test_expr --out "$OUT/eval" > "$OUT/eval/$label.log" 2>&1 && touch "$OUT/eval/DONE_$label"
+    python evaluate.py --recipe tiny --model "$@" --label "$label" --samples 32 --limit 50 --plots \
+        --out "$OUT/eval" > "$OUT/eval/$label.log" 2>&1 && touch "$OUT/eval/DONE_$label"
 }
 export -f train evaluate
 export OUT
