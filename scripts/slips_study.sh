@@ -10,11 +10,13 @@
 #
 # Unlike scripts/toy_study.sh, a seed here is the first command's --seed: it picks the base model
 # (models/toy-slips-s<seed>) as well as the RL randomness, so the spread over seeds includes the base model's.
-# Environment: ONLY (a regular expression: run only the phase's jobs whose line matches), JOBS (2 at a time).
+# Environment: SEEDS (0 1 2), ONLY (a regular expression: run only the phase's jobs whose line matches), JOBS (2 at
+# a time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 OUT=${OUT:-runs/slips}
+SEEDS=${SEEDS:-0 1 2}
 
 train() {   # train <out> <flags...>: a new run, or the rest of a killed one
     local out=$1; shift
@@ -36,10 +38,10 @@ export OUT
 
 jobs_of() {   # the phase's jobs, one shell command a line
     case $1 in
-    main) for s in 0 1 2; do for m in fuzzy hard soft; do
+    main) for s in $SEEDS; do for m in fuzzy hard soft; do
               echo "train $OUT/tiny-$m-s$s --mode $m --seed $s"; done; done ;;
-    eval) echo "evaluate base models/toy-slips-s0 models/toy-slips-s1 models/toy-slips-s2"
-          for m in hard soft fuzzy; do echo "evaluate $m $OUT/tiny-$m-s0/last $OUT/tiny-$m-s1/last $OUT/tiny-$m-s2/last"; done ;;
+    eval) echo "evaluate base $(for s in $SEEDS; do echo -n " models/toy-slips-s$s"; done)"
+          for m in hard soft fuzzy; do echo "evaluate $m $(for s in $SEEDS; do echo -n " $OUT/tiny-$m-s$s/last"; done)"; done ;;
     *) echo "usage: bash scripts/slips_study.sh main|eval" >&2; exit 2 ;;
     esac
 }
