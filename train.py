@@ -793,6 +793,7 @@ def main(argv=None):
         save_best(args, model, scorer, opt, tok, master, logs={"step": 0, "val_acc": best})
 
     ctrl_c = catch_ctrl_c(world, device)
+    last_step = start   # the last step this process ran: the summary's count (a pause ends before --steps)
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not master, dynamic_ncols=True)
     for step in bar:
         t0 = time.time()
@@ -832,6 +833,7 @@ def main(argv=None):
             log_step(args, m, dict(prompt=prompts[0], cot=ro.cot_text[0], answer=ro.answer_text[0],
                                    reward=sc.rewards[0], gold=golds[0], stop=ro.stop_reason[0]), bar, best)
         stop = ctrl_c()
+        last_step = step + 1
         pause = step + 1 == args.stop_after or stop
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps or pause:
             save_last(args, model, scorer, opt, tok, master, dict(scheduler=sched.state_dict(), step=step + 1,
@@ -846,7 +848,7 @@ def main(argv=None):
             break
     signal.signal(signal.SIGINT, signal.default_int_handler)   # Python's own again (notebooks call main())
     if master:
-        print(run_summary(args.out, time.time() - t_start, args.steps - start) +
+        print(run_summary(args.out, time.time() - t_start, last_step - start) +
               f"; {skipped} skipped updates; best checkpoint in {best_dir}", flush=True)
     if world > 1:
         # DDP's C++ Reducer holds a reference to the process group. Freed after destroy_process_group (when

@@ -173,3 +173,14 @@ def test_cpu_runs_use_deterministic_kernels(base, tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(was)
+
+
+def test_run_summary_reads_base_best_and_final(tmp_path):
+    """The line a run ends with: base (step 0), the first step that reached the best validation (best/ is only
+    replaced by a strictly better one), the last validation, from metrics.jsonl; steps and time as passed."""
+    rows = [{"step": 0, "val_acc": 0.075}, {"step": 1, "reward": 10.0}, {"step": 25, "val_acc": 0.67},
+            {"step": 50, "val_acc": 0.67}, {"step": 75, "val_acc": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = train.run_summary(str(tmp_path), 120.0, 75)
+    assert line == ("done: greedy validation 0.075 (base) -> 0.670 (best, step 25) -> 0.500 (final, step 75), "
+                    "+0.425 final - base; 75 steps in 120 s (0.62 steps/s)")
