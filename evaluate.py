@@ -30,7 +30,7 @@ Paper: Butt et al., "Soft Tokens, Hard Truths" (arXiv 2509.19170), Sec. 4, Table
   code: accuracy by a hard greedy rollout graded like in-domain answers, NLL per token of the gold worked
   completion (toy.cot_target: CoT, trigger and boxed answer) after the toy prompt.
 
-    python evaluate.py --recipe tiny --model toy --label base --out eval --plots        # the toy base model
+    python evaluate.py --recipe tiny --model toy-slips --label base --out eval --plots  # the tiny recipe's base model
     python evaluate.py --recipe tiny --model runs/tiny-fuzzy-s0/best runs/tiny-fuzzy-s1/best --out eval --plots
     torchrun --standalone --nproc_per_node 8 evaluate.py --recipe llama3b-gsm8k --model runs/x/best --out eval
     python evaluate.py --metrics runs/*/metrics.jsonl --out eval                        # training curves only
