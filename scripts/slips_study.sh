@@ -6,7 +6,7 @@
 #
 #   bash scripts/slips_study.sh main    # python train.py --recipe tiny --mode {hard,soft,fuzzy} --seed {0,1,2}
 #   bash scripts/slips_study.sh eval    # Tables 3-5 and Fig. 3 of each base model and run's last/ checkpoint
-#                                       # (50 test problems, 32 samples)
+#                                       # (50 test problems, 16 samples: CPU time)
 #
 # Unlike scripts/toy_study.sh, a seed here is the first command's --seed: it picks the base model
 # (models/toy-slips-s<seed>) as well as the RL randomness, so the spread over seeds includes the base model's.
@@ -26,11 +26,11 @@ train() {   # train <out> <flags...>: a new run, or the rest of a killed one
     python train.py --recipe tiny "$@" --out "$out" $resume > "$out.log" 2>&1 && touch "$out/DONE"
 }
 
-evaluate() {   # evaluate <label> <checkpoints...>: the six settings, pass@k to 32
+evaluate() {   # evaluate <label> <checkpoints...>: the six settings, pass@k to 16
     local label=$1; shift
     [ -f "$OUT/eval/DONE_$label" ] && return 0
     mkdir -p "$OUT/eval"
-    python evaluate.py --recipe tiny --model "$@" --label "$label" --samples 32 --limit 50 --plots \
+    python evaluate.py --recipe tiny --model "$@" --label "$label" --samples 16 --limit 50 --plots \
         --out "$OUT/eval" > "$OUT/eval/$label.log" 2>&1 && touch "$OUT/eval/DONE_$label"
 }
 export -f train evaluate
