@@ -52,9 +52,9 @@ it against SmolLM2-135M-Instruct and the other candidates, and compares the thre
 The slips world is the one RL visibly improves, and the `tiny` recipe's default (docs/learning.md). Its supervised
 answers box the object with the number (`\\boxed{8 pens}`, the `units` knob) in 80% of the problems about six of
 the eight objects (UNIT_OBJECTS; Math-Verify grades those wrong), with 800 supervised steps: the base model keeps
-the habit on most such problems, so its greedy answers are mostly wrong although a quarter of its chains of
-thought are right. Fixing the habit is what RL does first, in every mode, through the answer term; the arithmetic
-inside the CoT is what it barely changes (docs/learning.md). Greedy accuracy as `python toy.py --world toy-slips`
+the habit on most problems (149 of 200 greedy validation boxes for seed 0: 7.5% right, 37.5% if the units
+were ignored). Fixing the habit is what RL does first, in every mode, through the answer term; then it gets more
+of the numbers right (docs/learning.md). Greedy accuracy as `python toy.py --world toy-slips`
 prints it (model.generate, 200 problems each; train.py's step-0 validation, a softcot rollout with the CoT cap 64
 and the prefill, is in docs/learning.md):
 
