@@ -53,9 +53,11 @@ import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
+import runs
 import softcot
-import toy
 
+
+# ------------------------------------------------------------------------------------------------ settings
 # Llama shapes with tied embeddings (as the 3B models): vocabulary, width, layers, MLP width, heads, KV heads.
 SHAPES = {
     "tiny": dict(vocab=100, d=128, layers=4, ffn=512, heads=4, kv=4),             # toy.py's Llama
@@ -71,7 +73,6 @@ SIZES = {
     "cuda": dict(rows=16, prompt=64, cot=128, score_rows=16, micro=4, cots=(64, 128, 256), micros=(1, 2, 4, 8),
                  repeats=5),
 }
-MODES = ("hard", "soft", "fuzzy")
 PREFILL = " w2"          # a one-token prefill after the CoT cap (the default prefills are not in this vocabulary)
 
 
@@ -198,7 +199,8 @@ def peak_memory(fn, device):
     return peak
 
 
-# ------------------------------------------------------------------------------------------------ the tables
+# ------------------------------------------------------------------------------------------------ the benchmarks
+# Items 1-5 of the module docstring: rollouts (tables 1, 2), re-scoring (3), precision (5), the mixture alone (4).
 def bench_rollout(model, tok, sz, sigma, device):
     """Tables 1 and 2: hard vs generate; soft and fuzzy (plain and fast) vs hard."""
     texts = prompts(sz["rows"], sz["prompt"], len(tok))
@@ -209,7 +211,7 @@ def bench_rollout(model, tok, sz, sigma, device):
         out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new,
                              pad_token_id=tok.pad_token_id)
         assert out.shape[1] == enc.input_ids.shape[1] + new
-    for mode in MODES:
+    for mode in softcot.MODES:
         ro = roll(model, tok, texts, mode, cot, sigma)
         assert ro.stop_reason == ["cap"] * len(texts) and ro.ids.shape[1] == new and bool((ro.answer_len == 1).all())
     fns = {"generate": generate, "hard": lambda: roll(model, tok, texts, "hard", cot, sigma),
@@ -223,8 +225,8 @@ def bench_rescore(model, tok, sz, sigma, device):
     """Table 3: re-scoring time and peak memory; peak memory against CoT cap, micro-batch and rows."""
     n, m, cot = sz["score_rows"], sz["micro"], sz["cot"]
     texts = prompts(2 * n, sz["prompt"], len(tok), seed=1)
-    ros = {(mode, c): roll(model, tok, texts, mode, c, sigma) for mode in MODES for c in sz["cots"]}
-    batch = {mode: ros[mode, cot].select(range(n)) for mode in MODES}
+    ros = {(mode, c): roll(model, tok, texts, mode, c, sigma) for mode in softcot.MODES for c in sz["cots"]}
+    batch = {mode: ros[mode, cot].select(range(n)) for mode in softcot.MODES}
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     model.train()
@@ -237,7 +239,7 @@ def bench_rescore(model, tok, sz, sigma, device):
     points = [(c, m, n) for c in sz["cots"]] + [(cot, mm, n) for mm in sz["micros"] if mm != m] + [(cot, m, 2 * n)]
     for c, mm, rows in points:
         peaks = {}
-        for mode in MODES:
+        for mode in softcot.MODES:
             ro = ros[mode, c].select(range(rows))
             peaks[mode] = peak_memory(lambda: rescore_step(model, ro, mm), device)
         # for scale: one (micro-batch, generated length, V) fp32 tensor, which the design allows per micro-batch only
@@ -337,7 +339,7 @@ def parse_args(argv=None):
                      f"{', '.join(SHAPES)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no CUDA device here; pass --device cpu")
-    problem = "it is a folder" if os.path.isdir(args.out) else toy.unwritable(os.path.dirname(args.out) or ".")
+    problem = "it is a folder" if os.path.isdir(args.out) else runs.unwritable(os.path.dirname(args.out) or ".")
     if problem:
         ap.error(f"--out {args.out}: cannot write the JSON there ({problem}); pass a file path you can write")
     return args
@@ -373,6 +375,10 @@ def main(argv=None):
     with open(args.out, "w") as f:
         json.dump(info | dict(results=res), f, indent=1)
     print(f"\nwrote {args.out}")
+
+
+# ------------------------------------------------------------------------------------------------ printing
+# The markdown tables on stdout, from the results `main` also writes to --out.
 
 
 def mb(nbytes):

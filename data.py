@@ -1,4 +1,9 @@
-"""The prompt (App. B, verbatim) and the datasets (Sec. 4), as lists of plain dicts.
+"""
+data.py: the prompt (App. B, verbatim) and the datasets (Sec. 4), as lists of plain dicts.
+
+Paper: Butt et al., "Soft Tokens, Hard Truths" (arXiv 2509.19170), App. B (the prompt), Sec. 4 (training and test
+sets), Table 2 (the out-of-domain benchmarks). Golds are read with rewards.py's rules (`rewards.gsm8k_gold`,
+`rewards.extract_boxed`), the same code that grades the answers.
 
 Every loader returns `list[dict]`. Math rows: {"question", "answer", ...} where `answer` is the
 GOLD final answer, ready for rewards.score (GSM8K: the number after `####`; MATH-style: the
@@ -35,8 +40,9 @@ Multiple-choice rows (out of domain, Table 2): {"question", "choices": list[str]
 
 Offline use: every loader takes `path=` to a local .json (a list of rows, or JSON Lines as
 `Dataset.to_json` writes), .jsonl or .parquet file laid out in that hub copy's schema (for
-`math`, the 7 subjects in one file). JSON is read with the standard library; `datasets` is
-imported only for hub loads (the GPU machines do not have it), pyarrow only for parquet.
+`math`, the 7 subjects in one file). JSON is read with the standard library; `datasets`
+(requirements.txt pins datasets==5.2.0) is imported only for hub loads, pyarrow (which
+`datasets` installs) only for parquet.
 
 Rows without a usable answer (missing field, no `####`, no boxed answer, empty) are never
 silently dropped: a warning names the dataset and their count, they are excluded, and a file in
@@ -49,8 +55,6 @@ Usage:
     prompt = format_prompt(train[0]["question"])
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 import re
@@ -59,9 +63,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-# --------------------------------------------------------------------------------------------
-# The prompt (App. B), verbatim
-# --------------------------------------------------------------------------------------------
+import rewards
+
+
+# ------------------------------------------------------------------------------------------------ the prompt
+# App. B, verbatim.
 
 # Copied character for character from the paper's App. B, including its curly
 # quotes ‘ ’ (U+2018, U+2019) and no space after "Assistant:". App. B prints it as one line;
@@ -90,31 +96,8 @@ def format_prompt(question, template=PROMPT):
     return template.replace(PLACEHOLDER, question)
 
 
-# --------------------------------------------------------------------------------------------
-# Gold answers
-# --------------------------------------------------------------------------------------------
-
-_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
-
-
-def last_boxed(text):
-    """Content of the last `\\boxed{...}` (or `\\fbox{...}`, which a few MATH solutions use)
-    in a solution, braces nested, `\\{ \\}` literal; None if absent or unclosed. (rewards.py has
-    the answer-side twin, `\\boxed` only; this module imports nothing of ours.)"""
-    starts = [m.end() for m in _BOX.finditer(text)]
-    if not starts:
-        return None
-    i = begin = starts[-1]
-    depth = 1
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2
-            continue
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if depth == 0:
-            return text[begin:i]
-        i += 1
-    return None
+# ------------------------------------------------------------------------------------------------ gold answers
+# Read with rewards.py's rules: one box reader and one `####` rule in the whole project.
 
 
 class _BadRow(Exception):
@@ -129,24 +112,23 @@ def _text(row, key):
 
 
 def _boxed_gold(solution):
-    gold = last_boxed(solution)
+    """The content of the solution's last box, `\\boxed{}` or `\\fbox{}` (a few MATH solutions use the latter)."""
+    gold = rewards.extract_boxed(solution, fbox=True)
     if gold is None or not gold.strip():
         raise _BadRow("solution has no \\boxed{} answer")
     return gold.strip()
 
 
-# --------------------------------------------------------------------------------------------
-# One row of each hub schema -> our dict (raise _BadRow if unusable; None = not in this subset)
-# --------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------ hub schemas
+# One row of each hub schema -> our dict (raise _BadRow if unusable; None = not in this subset).
 
 
 def _gsm8k(row):
     field = _text(row, "answer")
-    if "####" not in field:
-        raise _BadRow("answer has no '####'")
-    gold = field.rsplit("####", 1)[1].strip().replace(",", "")  # "1,000" -> "1000"; "-3" kept
-    if not gold:
-        raise _BadRow("nothing after '####'")
+    try:
+        gold = rewards.gsm8k_gold(field)  # after the last `####`: "1,000" -> "1000"; "-3" kept
+    except ValueError:  # the loader's own wording: it names the row, not the function's argument
+        raise _BadRow("answer has no '####'" if "####" not in field else "nothing after '####'") from None
     return {"question": _text(row, "question"), "answer": gold, "solution": field}
 
 
@@ -242,9 +224,8 @@ def _mmlu(row):
     return _multiple_choice(_text(row, "question"), row.get("choices"), answer, subject=row.get("subject"))
 
 
-# --------------------------------------------------------------------------------------------
-# The registry and the dispatcher
-# --------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------ the registry and load
+# The hub copy of each dataset, the file reader and the dispatcher.
 
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra",
                  "number_theory", "prealgebra", "precalculus")
@@ -369,6 +350,9 @@ def load(name, split, path=None, limit=None):
                       "subset (not text-only English maths with a final answer) and were left out",
                       stacklevel=2)
     return rows[:limit] if limit is not None else rows
+
+
+# ------------------------------------------------------------------------------------------------ the validation split
 
 
 def split_train_val(rows, n_val, seed=0):

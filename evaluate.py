@@ -65,14 +65,16 @@ import data
 import rewards
 import smol
 import softcot
+import recipes
+import runs
+import runtime
 import toy
-import train
 
 LETTERS = "ABCDEFGHIJ"
 MC_SPLIT = {"hellaswag": "validation", "arc": "test", "arc_easy": "test", "mmlu": "test"}   # Table 2's sets
 TOY_OOD = tuple(f"test_{s}" for s in toy.HELD_OUT)                                          # test_mul, test_expr
 TEST_SET = {"toy": "toy", "smol": "smol", "gsm8k": "gsm8k", "math": "math500", "deepscaler": "math500"}   # -> test
-MODES = ("hard", "fuzzy", "soft")                                  # the column order of Tables 3-5
+TABLE_ORDER = ("hard", "fuzzy", "soft")                            # the CoT modes in the column order of Tables 3-5
 # The toy table's default problem count: all six settings at n = 32 on the 200 toy test problems took 5 min per
 # checkpoint on 2 shared CPU cores (3.5 min of CPU); 100 problems keep a 4-row table near 10 min.
 TOY_LIMIT = 100
@@ -194,24 +196,24 @@ def load_sets(args):
     `choices` and `label`, and for OOD items the NLL's `context` and `completion` (module docstring)."""
     splits = toy.toy_splits(args.seed) if args.dataset == "toy" or set(args.ood) & set(TOY_OOD) else {}
     if args.dataset == "toy":
-        test = [dict(prompt=train.prompt_text(args, r["question"]), answer=toy.gold(r)) for r in splits["test"]]
+        test = [dict(prompt=recipes.prompt_text(args.prompt, r["question"]), answer=toy.gold(r)) for r in splits["test"]]
     elif args.dataset == "smol" and not args.data_path:   # the toy test problems in English (smol.py), GSM8K rows
-        test = [dict(prompt=train.prompt_text(args, r["question"]), answer=rewards.gsm8k_gold(r["answer"]))
+        test = [dict(prompt=recipes.prompt_text(args.prompt, r["question"]), answer=rewards.gsm8k_gold(r["answer"]))
                 for r in smol.make_rows(200, args.seed, split="test")]
     else:
-        test = [dict(prompt=train.prompt_text(args, r["question"]), answer=r["answer"])
+        test = [dict(prompt=recipes.prompt_text(args.prompt, r["question"]), answer=r["answer"])
                 for r in _load("gsm8k" if args.dataset == "smol" else args.dataset, "test", args.data_path)]
     ood = {}
     for spec in args.ood:
         name, _, path = spec.partition("=")
         if name in TOY_OOD:
-            ood[name] = [dict(prompt=train.prompt_text(args, r["question"]), answer=toy.gold(r),
-                              context=train.prompt_text(args, r["question"]), completion=toy.cot_target(r))
+            ood[name] = [dict(prompt=recipes.prompt_text(args.prompt, r["question"]), answer=toy.gold(r),
+                              context=recipes.prompt_text(args.prompt, r["question"]), completion=toy.cot_target(r))
                          for r in splits[name]]
         else:   # MC_SPLIT's sets (parse_args refused any other name)
-            ood[name] = [dict(prompt=train.prompt_text(args, mc_question(r)), answer=r["answer"],
+            ood[name] = [dict(prompt=recipes.prompt_text(args.prompt, mc_question(r)), answer=r["answer"],
                               choices=r["choices"], label=r["label"], completion=r["answer"],
-                              context=train.prompt_text(args, r["question"]) + softcot.PREFILL_CAPPED)
+                              context=recipes.prompt_text(args.prompt, r["question"]) + softcot.PREFILL_CAPPED)
                          for r in _load(name, MC_SPLIT[name], path or None)]
     return _subset(test, args.limit), {k: _subset(v, args.limit) for k, v in ood.items()}
 
@@ -245,7 +247,7 @@ def run_setting(args, model, tok, items, name, sigma, G, rank, world, desc):
         ent[j, :len(e)], cnt[j, :len(c)] = e, c
     # each rank filled only its own slots (the others hold 0), so the sum is exact (x + 0 == x) and then the
     # chunks are summed in one order whatever the process count
-    correct, ent, cnt, errors = (train.all_sum(x, world).cpu() for x in (correct, ent, cnt, errors))
+    correct, ent, cnt, errors = (runtime.all_sum(x, world).cpu() for x in (correct, ent, cnt, errors))
     ent, cnt = ent.sum(0), cnt.sum(0)                                                       # (T,), same order
     return correct, (ent[cnt > 0] / cnt[cnt > 0]).tolist(), int(errors.item())
 
@@ -258,7 +260,7 @@ def run_nll(args, model, tok, items, rank, world, desc):
         chunk = items[starts[j]:starts[j] + args.batch]
         nll[starts[j]:starts[j] + len(chunk)] = completion_nll(model, tok, [it["context"] for it in chunk],
                                                                [it["completion"] for it in chunk]).double()
-    return train.all_sum(nll, world).cpu()                 # exact: one rank wrote each slot
+    return runtime.all_sum(nll, world).cpu()                 # exact: one rank wrote each slot
 
 
 def training_sigma(path):
@@ -334,15 +336,15 @@ def format_table(rows):
 
     G = greedy pass@1, S = sample pass@1, S32 = sample pass@K for the largest K evaluated (32 at n = 32).
     """
-    K = max((int(key[5:]) for runs in rows.values() for r in runs for s in r["settings"].values() for key in s),
+    K = max((int(key[5:]) for ckpts in rows.values() for r in ckpts for s in r["settings"].values() for key in s),
             default=1)
-    head = ["model"] + [f"{m[0].upper()}{c}" for m in MODES for c in ("G", "S", f"S{K}")]
+    head = ["model"] + [f"{m[0].upper()}{c}" for m in TABLE_ORDER for c in ("G", "S", f"S{K}")]
     lines = []
-    for label, runs in rows.items():
+    for label, ckpts in rows.items():
         cells = [label]
-        for m in MODES:
+        for m in TABLE_ORDER:
             for setting, key in ((f"{m}_greedy", "pass@1"), (f"{m}_sample", "pass@1"), (f"{m}_sample", f"pass@{K}")):
-                vals = [r["settings"][setting][key] for r in runs if key in r["settings"].get(setting, {})]
+                vals = [r["settings"][setting][key] for r in ckpts if key in r["settings"].get(setting, {})]
                 cells.append(mean_std(vals) if vals else "–")
         lines.append(cells)
     return _markdown(head, lines)
@@ -350,13 +352,13 @@ def format_table(rows):
 
 def format_ood_table(rows):
     """Table 2 from {label: [checkpoint results]}: accuracy (%) and NLL per token of the correct answer, per set."""
-    names = list(dict.fromkeys(n for runs in rows.values() for r in runs for n in r["ood"]))
+    names = list(dict.fromkeys(n for ckpts in rows.values() for r in ckpts for n in r["ood"]))
     head = ["model"] + [f"{n} {what}" for n in names for what in ("acc", "NLL")]
     lines = []
-    for label, runs in rows.items():
+    for label, ckpts in rows.items():
         cells = [label]
         for n in names:
-            got = [r["ood"][n] for r in runs if n in r["ood"]]
+            got = [r["ood"][n] for r in ckpts if n in r["ood"]]
             cells += [mean_std([g["accuracy"] for g in got]) if got else "–",
                       mean_std([g["nll"] for g in got], scale=1.0, digits=3) if got else "–"]
         lines.append(cells)
@@ -371,12 +373,12 @@ def plot_entropy(rows, path):
     """Fig. 4 / App. G.3: the CoT entropy profile of each setting, one panel per label, seeds by opacity."""
     fig = Figure(figsize=(5 * len(rows), 3.5))
     axes = fig.subplots(1, len(rows), squeeze=False, sharey=True)
-    for ax, (label, runs) in zip(axes[0], rows.items()):
+    for ax, (label, ckpts) in zip(axes[0], rows.items()):
         for name, (mode, _, _) in softcot.SETTINGS.items():
-            for i, r in enumerate(runs):
+            for i, r in enumerate(ckpts):
                 if r["entropy"].get(name):
                     ax.plot(r["entropy"][name], color=COLORS[mode], ls="-" if name.endswith("greedy") else "--",
-                            alpha=1.0 - 0.6 * i / max(1, len(runs) - 1), label=name if i == 0 else None)
+                            alpha=1.0 - 0.6 * i / max(1, len(ckpts) - 1), label=name if i == 0 else None)
         ax.set(title=label, xlabel="CoT position t", ylabel="mean next-token entropy (nats)")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -387,10 +389,10 @@ def plot_pass_at_k(rows, path):
     """Fig. 3: sample pass@k against k for each sample setting, one panel per label, mean ± std over seeds."""
     fig = Figure(figsize=(4.5 * len(rows), 3.5))
     axes = fig.subplots(1, len(rows), squeeze=False, sharey=True)
-    for ax, (label, runs) in zip(axes[0], rows.items()):
-        ks = sorted({int(key[5:]) for r in runs for s in r["settings"].values() for key in s})
-        for mode in MODES:
-            got = [r["settings"][f"{mode}_sample"] for r in runs if f"{mode}_sample" in r["settings"]]
+    for ax, (label, ckpts) in zip(axes[0], rows.items()):
+        ks = sorted({int(key[5:]) for r in ckpts for s in r["settings"].values() for key in s})
+        for mode in TABLE_ORDER:
+            got = [r["settings"][f"{mode}_sample"] for r in ckpts if f"{mode}_sample" in r["settings"]]
             if got:
                 vals = [[100 * g[f"pass@{k}"] for g in got] for k in ks]       # (k, seed)
                 ax.errorbar(ks, [statistics.fmean(v) for v in vals], capsize=3, marker="o", color=COLORS[mode],
@@ -409,13 +411,13 @@ CURVES = (("reward", "training reward"), ("accuracy", "training accuracy"), ("va
 
 def plot_training(paths, path):
     """Fig. 2: training curves from train.py's metrics.jsonl files, one line per run (named by its folder)."""
-    runs = {os.path.basename(os.path.dirname(os.path.abspath(p))): [json.loads(x) for x in open(p) if x.strip()]
+    logs = {os.path.basename(os.path.dirname(os.path.abspath(p))): [json.loads(x) for x in open(p) if x.strip()]
             for p in paths}
-    curves = [(k, t) for k, t in CURVES if any(k in m for ms in runs.values() for m in ms)]
+    curves = [(k, t) for k, t in CURVES if any(k in m for ms in logs.values() for m in ms)]
     fig = Figure(figsize=(4 * len(curves), 3.2))
     axes = fig.subplots(1, len(curves), squeeze=False)
     for ax, (key, title) in zip(axes[0], curves):
-        for label, ms in runs.items():
+        for label, ms in logs.items():
             pts = [(m["step"], m[key]) for m in ms if key in m]
             if not pts:
                 continue
@@ -443,12 +445,10 @@ def default_label(paths):
 
 
 def parse_args(argv=None):
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--recipe", default="llama3b-gsm8k", choices=sorted(train.RECIPES))
-    recipe = train.RECIPES[pre.parse_known_args(argv)[0].recipe]
+    _, recipe = recipes.recipe_of(argv, default="llama3b-gsm8k")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", default="llama3b-gsm8k", choices=sorted(train.RECIPES),
-                   help="a row of train.RECIPES: sets the default model, test set, prompt and lengths")
+    p.add_argument("--recipe", default="llama3b-gsm8k", choices=sorted(recipes.RECIPES),
+                   help="a row of recipes.RECIPES: sets the default model, test set, prompt and lengths")
     g = p.add_argument_group("what to evaluate")
     g.add_argument("--model", nargs="+", help="checkpoint folder(s) (runs/<run>/best), hub name(s), 'toy', "
                    "'toy-calibrated', 'toy-slips' or 'smol'; "
@@ -474,7 +474,7 @@ def parse_args(argv=None):
     g.add_argument("--max_cot_tokens", type=int, help="CoT cap (paper's evaluation: 512; default: the recipe's "
                    "val_cot_tokens)")
     g.add_argument("--max_answer_tokens", type=int, help="answer cap (paper: 32)")
-    g.add_argument("--prompt", choices=list(train.PROMPTS), help=train.PROMPT_HELP)
+    g.add_argument("--prompt", choices=list(recipes.PROMPTS), help=recipes.PROMPT_HELP)
     g.add_argument("--seed", type=int, default=0, help="seed of the rollouts' noise (and of the toy test problems)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="weights: auto = bf16 on GPU, fp32 on CPU; the LM head computes in fp32 either way")
@@ -504,7 +504,7 @@ def parse_args(argv=None):
         if not os.path.isfile(path):
             p.error(f"--metrics {path}: no such file; pass a run's metrics.jsonl (runs/<run>/metrics.jsonl)")
     for path in args.model:   # a missing folder fails now, not after the first checkpoint's evaluation
-        named = path in toy.WORLDS or path == "smol" or train.HUB_NAME.fullmatch(path)   # made, or a hub name
+        named = path in recipes.MADE_HERE or recipes.HUB_NAME.fullmatch(path)   # made, or a hub name
         if not named and not os.path.exists(path):
             p.error(f"--model {path}: no such checkpoint folder; pass a folder written by train.py "
                     "(runs/<run>/best), a hub name, 'toy' / 'toy-calibrated' / 'toy-slips' (a toy base model) or 'smol' (smol.py)")
@@ -545,30 +545,29 @@ def validate_args(p, args):
             smol.gguf_folder()
         except RuntimeError as e:
             p.error(f"--model smol: {e}")
-    problem = toy.unwritable(args.out)
+    problem = runs.unwritable(args.out)
     if problem:
         p.error(f"--out {args.out}: cannot write there ({problem}); pass a folder you can write")
 
 
 def main(argv=None):
     args = parse_args(argv)
-    rank, world, device = train.setup_distributed()
-    master = rank == 0
+    rank, world, device = runtime.setup_distributed()
+    rank0 = rank == 0
     test, ood = load_sets(args) if args.model else ([], {})        # before any model: bad data fails at once
-    runs = []
+    ckpts = []
     for i, path in enumerate(args.model):
-        model, tok = train.load_for_inference(argparse.Namespace(**(vars(args) | {"model": path})), device, rank,
-                                              world)
-        runs.append(dict(model=path) | evaluate_checkpoint(args, model, tok, test, ood, rank, world,
-                                                           desc=f"{args.label}[{i}]", path=path))
+        model, tok = runtime.load_for_inference(recipes.model_path(path, args.seed, rank, world), device, args.dtype)
+        ckpts.append(dict(model=path) | evaluate_checkpoint(args, model, tok, test, ood, rank, world,
+                                                            desc=f"{args.label}[{i}]", path=path))
         del model
-    if master:
+    if rank0:
         os.makedirs(args.out, exist_ok=True)
-        if runs:
+        if ckpts:
             keep = ("recipe", "dataset", "samples", "k", "limit", "batch", "max_cot_tokens", "max_answer_tokens",
                     "seed")
             result = dict(label=args.label, problems=len(test), **{k: vars(args)[k] for k in keep},
-                          world_size=world, checkpoints=runs)
+                          world_size=world, checkpoints=ckpts)
             name = re.sub(r"[^\w.-]", "_", args.label)
             with open(os.path.join(args.out, f"results_{name}.json"), "w") as f:
                 json.dump(result, f, indent=1)
@@ -588,6 +587,7 @@ def main(argv=None):
             plot_training(args.metrics, os.path.join(args.out, "training.png"))
         print(f"wrote {args.out}/")
     if world > 1:
+        dist.barrier()   # rank 0 writes the tables last: the others keep gloo up until it is done
         dist.destroy_process_group()
 
 

@@ -53,7 +53,6 @@ import argparse
 import json
 import math
 import os
-import random
 import sys
 import time
 
@@ -61,8 +60,9 @@ import torch
 
 import rewards
 import rloo
+import recipes
+import runtime
 import softcot
-import train
 
 TERMS = ("cot", "answer")                      # stored terms; "total" = their sum
 GROUPS = ("embed", "body")                     # stored groups; "all" = both
@@ -293,7 +293,7 @@ def measure(model, tok, prompts, golds, *, mode, tau=None, sigma=None, batches=1
     t_start = time.time()
     for k in range(batches):
         t0 = time.time()
-        gen = torch.Generator(device).manual_seed(seed * 1_000_003 + k * 1_009)   # train.py's step k + 1, rank 0
+        gen = torch.Generator(device).manual_seed(recipes.rollout_seed(seed, k, 0))   # train.py's step k + 1, rank 0
         model.eval()
         ro = softcot.rollout(model, tok, rep_prompts, mode=mode, tau=tau, sigma=sigma,
                              max_cot_tokens=max_cot_tokens, max_answer_tokens=max_answer_tokens,
@@ -361,11 +361,9 @@ def markdown(res):
 
 
 def parse_args(argv=None):
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--recipe", default="tiny", choices=sorted(train.RECIPES))
-    recipe = pre.parse_known_args(argv)[0].recipe
+    _, recipe = recipes.recipe_of(argv, default="tiny")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", default="tiny", choices=sorted(train.RECIPES),
+    p.add_argument("--recipe", default="tiny", choices=sorted(recipes.RECIPES),
                    help="train.py's recipe: its model, data, prompt, batch shape and lengths are the defaults")
     p.add_argument("--mode", nargs="+", default=["fuzzy"], help="one or more of hard, soft, fuzzy")
     p.add_argument("--batches", type=int, default=16, help="K: independent rollout batches per mode")
@@ -378,7 +376,7 @@ def parse_args(argv=None):
                    "train.py")
     p.add_argument("--dataset")
     p.add_argument("--data_path", default=None)
-    p.add_argument("--prompt", choices=list(train.PROMPTS), help=train.PROMPT_HELP)
+    p.add_argument("--prompt", choices=list(recipes.PROMPTS), help=recipes.PROMPT_HELP)
     p.add_argument("--val_size", type=int, help="problems train.py holds out for validation (never drawn here)")
     p.add_argument("--prompts_per_step", type=int, help="B: the fixed prompts (train.py's step-1 draw)")
     p.add_argument("--samples", type=int, help="G: samples per prompt")
@@ -390,7 +388,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="the weights' dtype (train.py's --dtype: fp32 master weights by default)")
     p.add_argument("--out", default=None, help="folder for gradsignal.json / .md (default runs/gradsignal-<recipe>)")
-    p.set_defaults(**train.RECIPES[recipe], compute_dtype="float32", fsdp=False, grad_ckpt=False)
+    p.set_defaults(**recipe)
     args = p.parse_args(argv)
     bad = [m for m in args.mode if m not in softcot.MODES]
     if bad:
@@ -406,10 +404,11 @@ def main(argv=None):
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
-    model, _, _, tok = train.load_model(args, train.model_path(args, 0, 1), device, 0, 1)
-    train_rows, _ = train.load_problems(args)
-    batch = random.Random(args.seed * 100_003).sample(train_rows, args.prompts_per_step)   # train.py's step 1
-    prompts = [train.prompt_text(args, r["question"]) for r in batch]
+    model, _, _, tok = runtime.load_model(recipes.model_path(args.model, args.seed), device, 0, 1, dtype=args.dtype,
+                                          compute_dtype="float32", fsdp=False, grad_ckpt=False)
+    train_rows, _ = recipes.load_problems(args.dataset, args.out, args.seed, args.val_size, args.data_path)
+    batch = recipes.batch_rng(args.seed, 0).sample(train_rows, args.prompts_per_step)   # train.py's step 1
+    prompts = [recipes.prompt_text(args.prompt, r["question"]) for r in batch]
     golds = [r["answer"] for r in batch]
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{args.recipe}: {n_params:,} parameters; bucket sums and sums of squares take "

@@ -24,6 +24,7 @@ import os
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
+import recipes
 import softcot
 
 # Published shapes of the paper's models, so that the plan needs no download (memory.py's table, the README, docs/training.md).
@@ -56,7 +57,8 @@ def shape(config):
 
 
 def plan(config, args, world, device, prompt_tokens=PROMPT_TOKENS):
-    """Bytes per process for `args` (train.py's flags) on `world` processes; 'device' is what the device has."""
+    """Bytes per process for `args` (train.py's parsed flags, or gpu_run's) on `world` processes; 'device' is what
+    the device has."""
     n_param, n_layer, n_emb = shape(config)
     master = softcot.resolve_dtype(args.dtype, device).itemsize                  # bytes per weight
     compute = min(master, softcot.resolve_dtype(args.compute_dtype, device).itemsize)
@@ -128,14 +130,20 @@ def advice(p, args):
             f"{p['device'] / GiB:.1f} GiB. Try: " + "; or ".join(fixes or ["a larger device"]))
 
 
+def gpu_run(recipe, **flags):
+    """The settings plan() reads, as train.py would parse them for `recipe` on GPUs: the recipe's row, train.py's
+    defaults (fuzzy, fp32 master weights, no sharding) with bf16 compute (auto's choice on a GPU), and `flags`."""
+    return argparse.Namespace(**dict(mode="fuzzy", dtype="float32", compute_dtype="bfloat16", fsdp=False,
+                                     grad_ckpt=False) | recipes.RECIPES[recipe] | flags)
+
+
 def table(gpu_gb=80, world=8):
     """Markdown: the paper's recipes on `world` x `gpu_gb` GB GPUs, fp32 masters + bf16 compute, DDP and FSDP."""
-    import train
     rows = ["| recipe | sharding | params | grads | AdamW | bf16 copies | activations | total | fits |",
             "|---|---|---|---|---|---|---|---|---|"]
     for recipe in ("llama3b-gsm8k", "llama3b-math", "qwen3b-math", "llama8b-gsm8k"):
         for fsdp in (False, True):
-            args = train.parse_args(["--recipe", recipe, "--compute_dtype", "bfloat16"] + (["--fsdp"] if fsdp else []))
+            args = gpu_run(recipe, fsdp=fsdp)
             p = plan(PAPER_MODELS[args.model], args, world, torch.device("cpu"))
             p["device"] = gpu_gb * 10**9
             g = {k: f"{v / GiB:.1f}" for k, v in p.items()}
@@ -150,15 +158,23 @@ if __name__ == "__main__":
     ap.add_argument("--gpu_gb", type=float, default=80, help="GPU memory in GB (10^9 bytes, as sold)")
     ap.add_argument("--world", type=int, default=8, help="processes (GPUs)")
     ap.add_argument("--model", default=None, help="a Hugging Face name or folder (default: the paper's table)")
-    args, rest = ap.parse_known_args()
+    ap.add_argument("--recipe", default="llama3b-gsm8k", choices=sorted(recipes.RECIPES),
+                    help="with --model: the batch shape and lengths (train.py's --recipe)")
+    for flag in ("prompts_per_step", "samples", "micro_batch", "max_cot_tokens", "max_answer_tokens"):
+        ap.add_argument(f"--{flag}", type=int, help="as train.py's (default: the recipe's)")
+    ap.add_argument("--mode", choices=softcot.MODES, help="as train.py's (default fuzzy)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="master weights, as train.py's (float32)")
+    ap.add_argument("--fsdp", action="store_true", help="as train.py's")
+    ap.add_argument("--grad_ckpt", action="store_true", help="as train.py's")
+    args = ap.parse_args()
     if args.model is None:
         print(table(args.gpu_gb, args.world))
     else:
-        import train
-        targs = train.parse_args(["--model", args.model] + rest)
+        given = {k: v for k, v in vars(args).items() if v is not None and k not in ("gpu_gb", "world", "recipe")}
+        run = gpu_run(args.recipe, **given)
         config = PAPER_MODELS.get(args.model) or AutoConfig.from_pretrained(args.model)
-        p = plan(config, targs, args.world, torch.device("cpu"))
+        p = plan(config, run, args.world, torch.device("cpu"))
         p["device"] = int(args.gpu_gb * 10**9)
         print(describe(p))
         if p["total"] > p["device"]:
-            print(advice(p, targs))
+            print(advice(p, run))

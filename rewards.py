@@ -1,6 +1,10 @@
-"""The reward of Eq. 11: grade a final answer with Math-Verify, 100 / 10 / 0.
+"""
+rewards.py: the grader. The reward of Eq. 11 (a final answer graded with Math-Verify: 100 / 10 / 0), and the
+extraction rules that answers and golds share: the last `\\boxed{}` (`extract_boxed`) and GSM8K's `####`
+(`gsm8k_gold`). data.py's loaders read their golds with these; nothing here imports the rest of the project.
 
-The paper rewards the final answer a_{b,g} of each rollout (Sec. 4, Eq. 11):
+Paper: Butt et al., "Soft Tokens, Hard Truths" (arXiv 2509.19170), Sec. 4, Eq. 11. The paper rewards the final
+answer a_{b,g} of each rollout:
 
     r_{b,g} = 100  if Verify(a_{b,g}) = 1                          (Math-Verify accepts it)
               10   if Verify(a_{b,g}) = 0 and ExtractBoxed(a_{b,g}) = 1
@@ -62,8 +66,6 @@ Usage:
     python rewards.py            # prints the measured start-up and per-check times
 """
 
-from __future__ import annotations
-
 import atexit
 import json
 import os
@@ -75,29 +77,32 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from fractions import Fraction
 
-# --------------------------------------------------------------------------------------------
-# Answer extraction (the "ExtractBoxed" of Eq. 11)
-# --------------------------------------------------------------------------------------------
 
-# `\boxed{`, also with spaces before the brace (`\boxed {`). Not `\fbox`: the prompt (App. B)
-# asks for `\boxed{}`, and an answer in another format is a format failure the reward should
-# see. (data.py does accept `\fbox` in the human-written solutions it reads golds from.)
+# ------------------------------------------------------------------------------------------------ extraction
+# The "ExtractBoxed" of Eq. 11 for answers, and the same rules for the golds data.py reads from datasets.
+
+# `\boxed{`, also with spaces before the brace (`\boxed {`). Not `\fbox` in answers: the prompt
+# (App. B) asks for `\boxed{}`, and an answer in another format is a format failure the reward
+# should see. Gold solutions are human-written and a few MATH ones box with `\fbox`: data.py
+# reads them with fbox=True.
 _BOXED = re.compile(r"\\boxed\s*\{")
+_BOXED_OR_FBOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
-def extract_boxed(text):
+def extract_boxed(text, fbox=False):
     """Content of the LAST `\\boxed{...}` in `text`, or None.
 
     Braces nest (`\\boxed{\\frac{1}{2}}` -> `\\frac{1}{2}`); escaped braces `\\{ \\}` are literal
     characters and do not count. None when there is no `\\boxed{`, or when the last one is never
     closed (a truncated answer: the last box decides, an earlier complete box does not rescue
     it). An empty box gives "" (and `score` treats it as no answer).
+    fbox=True: `\\fbox{...}` counts as a box too, and the last box of either kind decides (data.py,
+    for the gold in a MATH-style solution); answers are always read with the default, `\\boxed` only.
     """
     if not isinstance(text, str):
         raise ValueError(f"extract_boxed expects a str, got {type(text).__name__}")
-    starts = [m.end() for m in _BOXED.finditer(text)]
+    starts = [m.end() for m in (_BOXED_OR_FBOX if fbox else _BOXED).finditer(text)]
     if not starts:
         return None
     i = begin = starts[-1]  # first character after the opening brace of the last box
@@ -117,9 +122,25 @@ def extract_boxed(text):
     return None  # unclosed
 
 
-# --------------------------------------------------------------------------------------------
-# The reward of Eq. 11: `score` (a batch) and `reward` (one answer), graded by one shared Grader
-# --------------------------------------------------------------------------------------------
+def gsm8k_gold(answer_field):
+    """The gold of a GSM8K `answer` field: the number after the last `####`, commas removed.
+
+    `"... #### 1,000"` -> `"1000"`, `"#### -3"` -> `"-3"`. data.py's GSM8K loader reads its golds
+    with it, and evaluate.py and toy.py call it too: one rule for every GSM8K gold.
+    """
+    if not isinstance(answer_field, str) or "####" not in answer_field:
+        raise ValueError(
+            f"not a GSM8K answer field (no '####'): {str(answer_field)[:80]!r}; "
+            "pass the dataset's `answer` column, whose last line is '#### <number>'"
+        )
+    gold = answer_field.rsplit("####", 1)[1].strip().replace(",", "")
+    if not gold:
+        raise ValueError(f"GSM8K answer field has nothing after '####': {answer_field[-80:]!r}")
+    return gold
+
+
+# ------------------------------------------------------------------------------------------------ the reward
+# Eq. 11: `score` (a batch) and `reward` (one answer), graded by one shared Grader.
 
 
 @dataclass
@@ -157,63 +178,8 @@ def reward(answer, gold):
     return score([answer], [gold]).rewards[0]
 
 
-# --------------------------------------------------------------------------------------------
-# GSM8K helpers: gold answers, strict vs flexible accuracy (lm-eval-harness's two GSM8K metrics)
-# --------------------------------------------------------------------------------------------
-
-
-def gsm8k_gold(answer_field):
-    """The gold of a GSM8K `answer` field: the number after the last `####`, commas removed.
-
-    `"... #### 1,000"` -> `"1000"`, `"#### -3"` -> `"-3"`. (data.py has the same rule for its
-    loader, since it imports nothing of ours; tests check the two agree.)
-    """
-    if not isinstance(answer_field, str) or "####" not in answer_field:
-        raise ValueError(
-            f"not a GSM8K answer field (no '####'): {str(answer_field)[:80]!r}; "
-            "pass the dataset's `answer` column, whose last line is '#### <number>'"
-        )
-    gold = answer_field.rsplit("####", 1)[1].strip().replace(",", "")
-    if not gold:
-        raise ValueError(f"GSM8K answer field has nothing after '####': {answer_field[-80:]!r}")
-    return gold
-
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def _as_number(s):
-    """A plain number written in `s` (commas, `$`, `\\$`, `\\!`, spaces, a final `.` ignored)."""
-    if s is None:
-        return None
-    s = s.replace("\\$", "").replace("$", "").replace("\\!", "").replace(",", "")
-    s = "".join(s.split()).rstrip(".")
-    if not re.fullmatch(r"-?\d+(?:\.\d+)?", s):
-        return None
-    return Fraction(s)
-
-
-def gsm8k_strict_flexible(text, gold):
-    """(strict, flexible) correctness of a GSM8K completion, compared numerically with `gold`.
-
-    strict:   the last `\\boxed{}` holds exactly a number equal to the gold (the format the
-              prompt asks for);
-    flexible: the last number anywhere in `text` equals the gold (lm-eval-harness's
-              "flexible-extract"). A flexible score well above strict means a format problem,
-              not a reasoning problem. No Math-Verify here: cheap enough for every sample.
-    """
-    target = _as_number(gold)
-    if target is None:
-        raise ValueError(f"GSM8K gold must be a plain number, got {gold!r}; use gsm8k_gold()")
-    strict = _as_number(extract_boxed(text)) == target
-    numbers = _NUMBER.findall(text)
-    flexible = bool(numbers) and _as_number(numbers[-1]) == target
-    return strict, flexible
-
-
-# --------------------------------------------------------------------------------------------
-# The worker: Math-Verify in its own process (runs as `python rewards.py --serve`)
-# --------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------ the worker
+# Math-Verify in its own process (runs as `python rewards.py --serve`).
 
 
 def _serve():
@@ -272,9 +238,8 @@ def _serve():
         replies.flush()
 
 
-# --------------------------------------------------------------------------------------------
-# The parent side: a Grader owns one worker, with a wall-clock deadline per check
-# --------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------ the Grader
+# The parent side: a Grader owns one worker, with a wall-clock deadline per check.
 
 
 class Grader:
@@ -426,6 +391,10 @@ class Grader:
             out.correct.append(correct)
             out.boxed.append(boxed)
         return out
+
+
+# ------------------------------------------------------------------------------------------------ timing
+# `python rewards.py`: the measured costs of the module docstring.
 
 
 def _benchmark():

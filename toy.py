@@ -2,87 +2,39 @@
 toy.py: the offline toy world. A synthetic GSM8K-like task, a character tokenizer, a tiny Llama, and the short
 supervised run that makes its base model.
 
-Why it exists: the paper's runs need Llama-3 (gated, hub download) and GPUs. The toy world needs neither, so the
-whole method can be run, tested and read on a laptop CPU. It is not a separate implementation: the task comes
-in GSM8K's hub schema ({"question", "answer": "...\\n#### N"}), the tokenizer is a `PreTrainedTokenizerFast`,
-the model a `LlamaForCausalLM`, the base model a plain Hugging Face folder, and the answer format is the
-paper's (the CoT ends with the trigger `The final answer is:`, then ` \\boxed{N}`). So data.py, softcot.py,
-rewards.py and train.py run exactly the code path they run for Llama-3 on GSM8K. Only the prompt is shorter
-(TOY_PROMPT, not App. B: every character is a token here, and sequence length is what CPU time pays for).
+Paper: none of the paper's experiments; it runs the paper's code path (Sec. 4, App. B-C) where Llama-3 and GPUs
+cannot go. The task comes in GSM8K's hub schema ({"question", "answer": "...\\n#### N"}), the tokenizer is a
+`PreTrainedTokenizerFast`, the model a `LlamaForCausalLM`, the base model a plain Hugging Face folder, and the
+answer format is the paper's (the CoT ends with the trigger `The final answer is:`, then ` \\boxed{N}`). So
+data.py, softcot.py, rewards.py and train.py run exactly the code they run for Llama-3 on GSM8K. Only the prompt
+is shorter (TOY_PROMPT, not App. B: every character is a token, and sequence length is what CPU time pays for).
 
-    python toy.py                  # the shipped base model's accuracies and sample diversity
-    python toy.py --from-scratch   # make the base model here (cached), by the 650-step supervised run
-    python toy.py --world toy-calibrated   # the calibrated world's base model (WORLDS; shipped for seed 0)
-    import toy
-    path = toy.base_model(seed=0)  # HF folder for AutoModelForCausalLM / AutoTokenizer.from_pretrained:
-                                   # models/toy-base-s0, shipped (seeds 0 and 1)
+    python toy.py --world toy-slips   # a shipped base model's greedy accuracies and sample diversity
+    python toy.py --from_scratch      # make the base model here (cached) by its supervised run
+    path = toy.base_model(seed=0, **toy.WORLDS["toy-slips"])   # a Hugging Face folder (models/toy-slips-s0)
     splits = toy.toy_splits(seed=0)   # {"train", "val", "test", "test_mul", "test_expr"}: lists of rows
 
 The task. "Ann had 7 pens, got 3, lost 2. How many now?" -> " 7+3=10. 10-2=8. The final answer is: \\boxed{8}":
 1-3 steps of +/- on numbers 1-10 (never below zero). Two held-out skills are in the supervised data (10% each)
 but never in RL, for the out-of-domain check (Table 2 in spirit): `mul` ("Ann had 3 bags of 4 pens, lost 2.
-How many now?", a product then one +/- step) and `expr` ("What is 7+3-2?": the in-domain arithmetic, phrased
-as a bare expression). Which split a question belongs to is decided by a hash of its text (80% supervised,
+How many now?") and `expr` ("What is 7+3-2?"). A hash of the question's text decides its split (80% supervised,
 10% RL train, 5% val, 5% test), so splits are disjoint whatever the seeds and sizes.
 
-The base model: a 1.06 M-parameter Llama (d 128, 4 layers, 4 heads, SwiGLU 512, tied embeddings, vocabulary
-of 100 characters), trained on the worked answers (loss on the completion only): STEPS steps of BATCH rows,
-AdamW lr 2e-3, 50 warm-up steps, cosine to 10%. The canonical base models ship with the repository
-(models/toy-base-s0, -s1: made 2026-12-01 on an Intel Xeon with 1 torch thread, 180 s and 229 s on a 2-core
-machine shared with other jobs) and are what base_model returns for the default settings. Their greedy accuracy
-(200 problems each; `python toy.py --seed S` prints it, in 4-6 min under that load; the greedy columns are the
-same on any CPU unless two logits tie to the last bit, the sampled column may move by a sample or two):
-
-    seed   val    test   test_mul   test_expr   8 samples at T=1 (100 val problems)
-    0      38.0%  38.0%  23.0%      11.0%       26% correct, 4.55 distinct answers per problem
-    1      42.0%  46.5%  29.0%      22.0%       26% correct, 4.73 distinct answers per problem
-
-Three worlds (WORLDS; train.py's `--model toy`, `--model toy-calibrated`, `--model toy-slips`). The first, above, is
-sharp: its CoT
-is nearly deterministic (0.13 nats per step, 92% of steps put more than 0.99 of the tau = 0.5 softmax on one
-token), so soft and fuzzy training find almost nothing to mix. The calibrated world writes every supervised step
-in one of three equally valid phrasings (`7+3=10.`, `7 + 3 = 10.`, `7 plus 3 is 10.`, drawn per step; the
-`phrasings` knob; `label_noise` puts a share of the results off by 1-2), with the same 650 steps: twice the CoT
-entropy (0.27), 81% near-one-hot steps, and a third of the accuracy, so RL has room. docs/toy_study.md measures
-it against SmolLM2-135M-Instruct and the other candidates, and compares the three training modes on it.
-
-    world            seed   val    test   test_mul   test_expr   8 samples at T=1 (100 val problems)
-    toy-calibrated   0      11.5%  13.5%  3.5%       10.0%       9.4% correct, 6.42 distinct answers per problem
-
-The slips world is the one RL visibly improves, and the `tiny` recipe's default (docs/learning.md). Its supervised
-answers box the object with the number (`\\boxed{8 pens}`, the `units` knob) in 80% of the problems about six of
-the eight objects (UNIT_OBJECTS; Math-Verify grades those wrong), with 800 supervised steps: the base model keeps
-the habit on most problems (149 of 200 greedy validation boxes for seed 0: 7.5% right, 37.5% if the units
-were ignored). Fixing the habit is what RL does first, in every mode, through the answer term; then it gets more
-of the numbers right (docs/learning.md). Greedy accuracy as `python toy.py --world toy-slips`
-prints it (model.generate, 200 problems each; train.py's step-0 validation, a softcot rollout with the CoT cap 64
-and the prefill, is in docs/learning.md):
-
-    world            seed   val    test   test_mul   test_expr   8 samples at T=1 (100 val problems)
-    toy-slips        0      4.0%   4.5%   0.5%       37.5%       21.7% correct, 5.65 distinct answers per problem
-    toy-slips        1      2.0%   0.0%   0.0%       14.0%       16.6% correct, 5.38 distinct answers per problem
-    toy-slips        2      16.0%  17.0%  28.0%      42.0%       27.4% correct, 4.17 distinct answers per problem
-
-A model made here instead (`python toy.py --from-scratch`, or any change to the settings) is another model on
-another CPU: the same seed-0 settings gave 46.5% val (seed 1: 40.5%) on an AMD EPYC, because the run amplifies
-the last bits of float sums, whose order depends on the CPU and the thread count. On the shared 2 cores, 2
-threads were ~9x slower than 1 (contention); on an idle machine they are faster.
-
-The numbers are small on purpose (1-10): arithmetic facts are what a tiny model spends its steps learning, and
-with 1-20 it needed about twice the steps for the same accuracy. The base model's errors are almost all
-arithmetic slips (`13-4=10.`), not format errors: what RL can fix. Accuracy climbs steeply with steps (calibration
-runs on the AMD machine, 2026-11-27: ~33% at 500 steps, ~70% at 800), so STEPS is what sets the room left for RL.
+The base model: a 1.06 M-parameter Llama (MODEL: d 128, 4 layers, tied embeddings, 100 characters), trained on
+the worked answers (loss on the completion only). Three worlds (WORLDS, train.py's --model): `toy`, sharp (its CoT
+is nearly deterministic); `toy-calibrated`, each step written in one of three phrasings (the CoT has choices);
+`toy-slips`, the tiny recipe's, whose answers often box the object with the number (`\\boxed{8 pens}`, which
+the grader marks wrong): the habit RL visibly fixes first. Shipped base models (models/, pinned by sha256 in
+tests/test_toy.py) are what base_model returns for the default settings; docs/toy_worlds.md has each world's
+accuracies, how and where the shipped models were made, and why a model made on another CPU differs.
 """
 
 import argparse
-import hashlib
 import json
 import math
 import os
 import random
 import re
-import shutil
-import tempfile
 import time
 import zlib
 
@@ -91,6 +43,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import rewards
+import runs
 
 TOY_PROMPT = "Q: {question}\nA:"             # the short prompt; the completion starts with a space
 TRIGGER = "The final answer is:"              # App. C stop string, as in softcot.py
@@ -99,7 +52,7 @@ IN_DOMAIN = "addsub"                          # the RL task
 HELD_OUT = ("mul", "expr")                    # supervised only: the out-of-domain check
 SPLITS = ("sft", "train", "val", "test")
 
-# The supervised run that makes the base model (measured on 2 CPU cores, see the module docstring).
+# The supervised run that makes the base model (its timings: docs/toy_worlds.md).
 STEPS, BATCH, LR, WARMUP, HELD_OUT_FRAC = 650, 16, 2e-3, 50, 0.1
 MODEL = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True)
@@ -225,11 +178,6 @@ def toy_splits(seed=0, n_train=4000, n_val=200, n_test=200):
            "test": make_rows(n_test, seed, split="test")}
     out.update({f"test_{s}": make_rows(n_test, seed, s, "test") for s in HELD_OUT})
     return out
-
-
-def write_jsonl(rows, path):
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 def gold(row):
@@ -398,11 +346,11 @@ def base_model(seed=0, cache_dir=None, *, name=BASE_NAME, steps=STEPS, batch_siz
         settings.update(phrasings=phrasings, phrasings_text=PHRASINGS[:phrasings], label_noise=label_noise)
     if units > 0 or shortcut > 0:             # likewise: the earlier worlds keep their hashes
         settings.update(units=units, unit_objects=UNIT_OBJECTS, shortcut=shortcut)
-    path = cache_path(f"{name}-s{seed}", settings, cache_dir)
+    path = runs.cache_path(f"{name}-s{seed}", settings, cache_dir)
     shipped = shipped_model(f"{name}-s{seed}", os.path.basename(path))
     if shipped and not from_scratch:
         return shipped
-    if reuse_cached(path, "toy base model"):
+    if runs.reuse_cached(path, "toy base model"):
         return path
     print(f"making the toy base model ({steps} supervised steps of {batch_size}, "
           f"{torch.get_num_threads()} threads) -> {path}\n{FROM_SCRATCH_NOTE}"
@@ -411,7 +359,7 @@ def base_model(seed=0, cache_dir=None, *, name=BASE_NAME, steps=STEPS, batch_siz
     model, tok = train_sft(seed, steps, batch_size, lr, warmup, held_out_frac, phrasings, label_noise, units,
                            shortcut)
     settings.update(train_seconds=round(time.time() - t0, 1), threads=torch.get_num_threads())
-    save_atomically(path, model, tok, "toy.json",    # how this model was made, for readers
+    runs.save_atomically(path, model, tok, "toy.json",    # how this model was made, for readers
                     {k: v for k, v in settings.items() if k not in ("vocab", "sample")})
     print(f"toy base model ready in {time.time() - t0:.0f}s", flush=True)
     return path
@@ -433,99 +381,6 @@ def shipped_model(folder_name, cache_name):
     except FileNotFoundError:
         return None
     return folder if notes.get("cache_name") == cache_name else None
-
-
-def cache_path(name, settings, cache_dir=None):
-    """`<cache_dir>/<name>-<hash of settings>`; cache_dir defaults to $SOFTCOT_CACHE, else ~/.cache/softcot.
-    Changing any setting names a new folder, so a cached model is never stale."""
-    root = cache_root(cache_dir)
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    return os.path.join(root, f"{name}-{digest}")
-
-
-def cache_root(cache_dir=None):
-    return cache_dir or os.environ.get("SOFTCOT_CACHE") or os.path.expanduser("~/.cache/softcot")
-
-
-def unwritable(folder):
-    """Why nothing can be written in `folder` (made if missing), or None. For the scripts' parsers: an output or
-    cache folder is proven writable before minutes of work whose result would go there. Root ignores
-    permission bits, so this writes a file rather than asking os.access."""
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        return "a file of that name is in the way"
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        return f"{type(e).__name__}: {e.strerror or e}"
-    return None
-
-
-def save_atomically(path, model, tok, notes_name, notes):
-    """Write model + tokenizer (+ a JSON of notes) to a temporary folder beside `path`, then rename it into place:
-    a killed run leaves nothing half written, and of two processes making the same folder the first one wins."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(path))
-    os.chmod(tmp, 0o755)               # mkdtemp makes it private; the cache is an ordinary folder
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    with open(os.path.join(tmp, notes_name), "w") as f:
-        json.dump(notes, f, indent=1)
-    try:
-        os.rename(tmp, path)
-    except OSError:                    # another process finished the same folder first: keep theirs
-        shutil.rmtree(tmp)
-
-
-def folder_problem(path, extra=()):
-    """Why the Hugging Face folder at `path` cannot be loaded, or None if it looks complete.
-
-    Cheap (headers and JSON only, no weights read): config.json and the tokenizer files parse, and every
-    safetensors file (one, or the shards its index names) is exactly as long as its header says. A file cut
-    short by a full disk or a killed copy fails here instead of as a raw SafetensorError without a path.
-    `extra`: more files that must exist (e.g. trainer_state.pt).
-    """
-    if not os.path.isdir(path):
-        return "missing"
-    name = "model.safetensors.index.json"
-    try:
-        for name in ("config.json", "tokenizer_config.json", "tokenizer.json"):
-            with open(os.path.join(path, name)) as f:
-                json.load(f)
-        index = os.path.join(path, "model.safetensors.index.json")
-        if os.path.exists(index):
-            with open(index) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-        else:
-            shards = ["model.safetensors"]
-        for name in shards:
-            file = os.path.join(path, name)
-            with open(file, "rb") as f:
-                n = int.from_bytes(f.read(8), "little")
-                header = json.loads(f.read(n))
-            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-            if os.path.getsize(file) != 8 + n + end:
-                return f"{name} is {os.path.getsize(file)} bytes, its header says {8 + n + end}"
-        for name in extra:
-            if not os.path.isfile(os.path.join(path, name)):
-                return f"no {name}"
-    except (OSError, ValueError, KeyError, TypeError) as e:   # missing, unreadable, not JSON, malformed header
-        return f"{name}: {type(e).__name__}: {str(e)[:200]}"
-    return None
-
-
-def reuse_cached(path, what):
-    """True if a complete cached folder is at `path`. A damaged one (see folder_problem) is removed, and said so,
-    so that the caller rebuilds it: a cache is only a copy of what the code can make again."""
-    if not os.path.exists(path):
-        return False
-    problem = folder_problem(path)
-    if problem is None:
-        return True
-    print(f"the cached {what} at {path} is damaged ({problem}): removing it and making it again", flush=True)
-    shutil.rmtree(path)
-    return False
 
 
 # ------------------------------------------------------------------------ sanity prints (not the evaluation)
@@ -563,13 +418,13 @@ def sample_stats(model, tok, rows, num_samples=8, seed=0):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Print the toy base model's accuracies: the shipped one (seeds 0 and 1), "
-                                 "or one made here (--from-scratch, or a seed with no shipped model).")
+                                 "or one made here (--from_scratch, or a seed with no shipped model).")
     ap.add_argument("--seed", type=int, default=0, help="seed of the supervised run and of the problems")
     ap.add_argument("--world", default="toy", choices=sorted(WORLDS), help="the toy world (WORLDS): toy (sharp, "
                     "the default), toy-calibrated, or toy-slips (the tiny recipe's)")
-    ap.add_argument("--from-scratch", action="store_true",
+    ap.add_argument("--from_scratch", action="store_true",
                     help="make the model here by the supervised run (cached) instead of loading the shipped one")
-    ap.add_argument("--cache-dir", help="parent folder of a model made here (default: $SOFTCOT_CACHE or "
+    ap.add_argument("--cache_dir", help="parent folder of a model made here (default: $SOFTCOT_CACHE or "
                     "~/.cache/softcot)")
     args = ap.parse_args()
     t0 = time.time()

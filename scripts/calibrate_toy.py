@@ -6,7 +6,7 @@ Why: soft and fuzzy training can only move a model through the spread of its nex
 the mixture p E is one token's embedding when p is one-hot), and hard training only through its samples' spread.
 A toy base model far more confident than a real instruct model is not a fair place to compare the three modes.
 
-For each model, on the first --limit test problems of its evaluate.py recipe (toy: the toy test split with the
+For each model, on --limit test problems (spread evenly over the split) of its evaluate.py recipe (toy: the toy test split with the
 toy prompt; smol: the same problems in English with SmolLM2's prompt), CoT cap --max_cot_tokens for both:
   - greedy accuracy: one hard greedy rollout, answer greedy, graded by evaluate.judge;
   - entropy profile: --samples hard CoTs at tau = 1 per problem; per CoT position, the mean next-token entropy
@@ -30,8 +30,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import evaluate  # noqa: E402
+import recipes  # noqa: E402
+import runtime  # noqa: E402
 import softcot  # noqa: E402
-import train  # noqa: E402
 
 PEAK, PEAK_TAU = 0.99, 0.5
 
@@ -60,8 +61,7 @@ def measure(recipe, model_path, label, args):
     ev = evaluate.parse_args(["--recipe", recipe, "--model", model_path, "--limit", str(args.limit),
                               "--max_cot_tokens", str(args.max_cot_tokens), "--seed", str(args.seed)])
     items, _ = evaluate.load_sets(ev)
-    ev.model = model_path                                   # one path, as load_for_inference takes it
-    model, tok = train.load_for_inference(ev, torch.device("cpu"), 0, 1)
+    model, tok = runtime.load_for_inference(recipes.model_path(model_path, args.seed), torch.device("cpu"), ev.dtype)
     t0, correct, ent, cnt, peaks, steps, cot_len, chars = time.time(), 0, 0.0, 0.0, 0, 0, [], 0
     for s in range(0, len(items), args.chunk):
         chunk = items[s:s + args.chunk]

@@ -58,15 +58,16 @@ def model_step(shape="llama3b", device="cuda", rows=32, cot=128, micro=4):
     """Section 3: rollout + one training step per mode on a random-weight model of bench.py's `shape`, fp32 master
     weights and bf16 autocast (a test runs it on CPU with the tiny shape)."""
     import bench
+    import runtime
     import softcot
-    import train
+    import train    # the training step itself (train.policy_gradient_step) is what this section checks
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     model, tok = bench.make_model(shape, device, torch.float32)                # fp32 master weights
     softcot.use_fp32_head(model)
     sigma = softcot.noise_sigma(model)
-    ctx = train.compute_context(dev, torch.bfloat16, fsdp=False)
+    ctx = runtime.compute_context(dev, torch.bfloat16, fsdp=False)
     opt = torch.optim.AdamW(model.parameters(), lr=6e-6)
     texts = bench.prompts(rows, 64, len(tok))
     print("| mode | rollout tok/s | rollout s | step s | peak GiB | rescore_mismatch | grad norm |")
@@ -84,7 +85,7 @@ def model_step(shape="llama3b", device="cuda", rows=32, cot=128, micro=4):
         t1 = time.perf_counter()
         model.train()
         adv = torch.linspace(-1.0, 1.0, rows, device=dev)
-        norm, ok, drifted = train.policy_gradient_step(model, train.Scorer(model), opt, ro, adv, rows, 1, micro,
+        norm, ok, drifted = train.policy_gradient_step(model, runtime.Scorer(model), opt, ro, adv, rows, 1, micro,
                                                        1.0, ctx, 1.0)
         sync()
         t2 = time.perf_counter()

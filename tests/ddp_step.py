@@ -6,7 +6,7 @@
 
 Every rank builds the same tiny model and the same global rollout (B = 3 prompts x G = 2 samples, so with
 2 ranks prompt 1's group straddles them); rank 0 saves the model to DIR, and every rank loads it through
-train.load_model (the code path of a real run), takes its rank's rows, and calls train.policy_gradient_step with
+runtime.load_model (the code path of a real run), takes its rank's rows, and calls train.policy_gradient_step with
 micro-batches of 2. Under FSDP the ranks first generate rollouts of different lengths with the rollout copy (rank
 0's rows stop after one CoT token, rank 1's run 12): a collective inside a rollout would hang there. Rank 0 saves
 the updated parameters (gathered from the shards under FSDP). SGD keeps the update linear in the gradient, so any
@@ -21,12 +21,13 @@ import torch.distributed as dist
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rloo  # noqa: E402
+import runtime  # noqa: E402
 import softcot  # noqa: E402
 import train  # noqa: E402
 from conftest import make_model, make_tokenizer  # noqa: E402
 
 out, folder, flags = sys.argv[1], sys.argv[2], sys.argv[3:]
-rank, world, device = train.setup_distributed()
+rank, world, device = runtime.setup_distributed()
 tok = make_tokenizer()
 model = make_model("llama", tok, tied="--untied" not in flags)
 if rank == 0:
@@ -42,16 +43,17 @@ ro = softcot.rollout(model, tok, prompts, mode="soft", tau=0.5, sigma=softcot.no
 adv = rloo.rloo_advantages(torch.tensor([[100.0, 0.0], [10.0, 100.0], [0.0, 10.0]])).view(-1)
 mine = rloo.rank_slice(B * G, rank, world)
 
-args = train.parse_args(["--recipe", "tiny"] + (["--fsdp"] if "--fsdp" in flags else []))
-lm, scorer, rollout_lm, _ = train.load_model(args, folder, device, rank, world)
-if args.fsdp:   # ranks that stop at different steps: the rollout must not wait for the other rank
+fsdp = "--fsdp" in flags
+lm, scorer, rollout_lm, _ = runtime.load_model(folder, device, rank, world, dtype="float32", compute_dtype="auto",
+                                               fsdp=fsdp, grad_ckpt=False)
+if fsdp:   # ranks that stop at different steps: the rollout must not wait for the other rank
     softcot.rollout(rollout_lm, tok, prompts[:1], mode="soft", tau=0.5, sigma=0.1, num_samples=2,
                     max_cot_tokens=1 if rank == 0 else 12, max_answer_tokens=1 if rank == 0 else 4)
 opt = torch.optim.SGD(lm.parameters(), lr=1e-3)
 norm, ok, drifted = train.policy_gradient_step(lm, scorer, opt, ro.select(list(range(B * G))[mine]), adv[mine],
                                                B * G, world, micro_batch=2, grad_clip=0.0)
-weights, _ = train.gather_state(args, scorer, opt, with_optimizer=False)
-train.sync_rollout_model(lm, rollout_lm)
+weights, _ = runtime.gather_state(scorer, opt, fsdp, with_optimizer=False)
+runtime.sync_rollout_model(lm, rollout_lm)
 if rank == 0:
     state = weights if weights is not None else lm.state_dict()
     # under FSDP the rollout copy was refreshed from the shards: it must hold the updated weights too
@@ -59,5 +61,9 @@ if rank == 0:
     torch.save({k: v.detach().clone() for k, v in state.items()} | {"_norm": torch.tensor(norm),
                                                                      "_drifted": torch.tensor(drifted),
                                                                      "_copy": copy}, out)
+# Free every FSDP/DDP object (each holds the process group) and wait for both ranks before the group goes:
+# a rank that tears gloo down while the other still uses it, or a group freed at interpreter shutdown, aborts.
+del lm, scorer, rollout_lm, opt, weights
 if world > 1:
+    dist.barrier()
     dist.destroy_process_group()

@@ -21,6 +21,7 @@ import torch
 
 import bench
 import evaluate
+import runs
 import smol
 import toy
 import train
@@ -178,17 +179,17 @@ def test_damaged_cached_base_model_is_rebuilt(tmp_path, capsys):
     weights = os.path.join(path, "model.safetensors")
     size = os.path.getsize(weights)
     os.truncate(weights, size // 2)                                     # a copy cut short
-    assert "model.safetensors" in toy.folder_problem(path)
+    assert "model.safetensors" in runs.folder_problem(path)
     capsys.readouterr()
     assert toy.base_model(seed=0, steps=2, cache_dir=str(tmp_path)) == path
     out = capsys.readouterr().out
     assert f"the cached toy base model at {path} is damaged" in out and "making the toy base model" in out
-    assert os.path.getsize(weights) == size and toy.folder_problem(path) is None
+    assert os.path.getsize(weights) == size and runs.folder_problem(path) is None
     with open(os.path.join(path, "config.json"), "w") as f:            # a config that is not JSON
         f.write("{")
-    assert toy.folder_problem(path).startswith("config.json: JSONDecodeError")
+    assert runs.folder_problem(path).startswith("config.json: JSONDecodeError")
     toy.base_model(seed=0, steps=2, cache_dir=str(tmp_path))
-    assert toy.folder_problem(path) is None
+    assert runs.folder_problem(path) is None
 
 
 # ------------------------------------------------------------------------------------------------ resume
@@ -253,7 +254,7 @@ def test_truncated_checkpoints_are_named(run, base, tmp_path, capsys, monkeypatc
     shutil.copytree(run, out)
     weights = os.path.join(out, "last", "model.safetensors")
     os.truncate(weights, os.path.getsize(weights) - 10)
-    assert "model.safetensors" in train.checkpoint_problem(os.path.join(out, "last"))
+    assert "model.safetensors" in runs.checkpoint_problem(os.path.join(out, "last"))
     assert train.parse_args(resume_argv(base, out)).resume                 # last.prev/ is still complete
     state = os.path.join(out, "last.prev", "trainer_state.pt")
     os.truncate(state, os.path.getsize(state) // 2)
@@ -301,7 +302,7 @@ def test_ctrl_c_saves_last_and_prints_the_resume_command(base, tmp_path):
 
 
 def test_second_ctrl_c_quits_at_once():
-    stop = train.catch_ctrl_c(1, torch.device("cpu"))
+    stop = runs.catch_ctrl_c(1, torch.device("cpu"))
     try:
         assert not stop()
         os.kill(os.getpid(), signal.SIGINT)                             # the first: only a flag

@@ -25,7 +25,7 @@ def write(path, rows):
     return path
 
 
-# ---- the prompt ------------------------------------------------------------------------------
+# ---------------------------------------------------------------- the prompt
 
 APP_B_SENTENCES = [  # typed again from the paper's App. B, independently of data.py
     "A conversation between User and Assistant.",
@@ -50,7 +50,7 @@ def test_format_prompt_errors():
         format_prompt("  ")
 
 
-# ---- math datasets ---------------------------------------------------------------------------
+# ---------------------------------------------------------------- math datasets
 
 
 def test_gsm8k_jsonl_with_bad_rows(tmp_path):
@@ -131,7 +131,7 @@ def test_olympiadbench_filters_the_subset_and_counts_bad_rows(tmp_path):
     assert rows[0]["solution"] == "Step.\nDone." and rows[0]["id"] == 1
 
 
-# ---- multiple choice -------------------------------------------------------------------------
+# ---------------------------------------------------------------- multiple choice
 
 
 def test_hellaswag(tmp_path):
@@ -181,7 +181,7 @@ def test_mmlu(tmp_path):
     assert load("mmlu", "test", path=letter)[0]["label"] == 2
 
 
-# ---- the dispatcher and the file reader ------------------------------------------------------
+# ---------------------------------------------------------------- the dispatcher and the file reader
 
 
 def test_limit_and_json_lines_in_a_json_file(tmp_path):
@@ -219,7 +219,7 @@ def test_hub_failures_name_the_dataset_and_the_way_out(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
     with pytest.raises(RuntimeError, match=r"'gsm8k' from the Hugging Face hub \(openai/gsm8k.*offline.*path="):
         load("gsm8k", "train")
-    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed (the GPU machines)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
     with pytest.raises(RuntimeError, match="needs the `datasets` package.*path=.*toy"):
         load("mmlu", "test")
 
@@ -248,7 +248,7 @@ def test_hub_rows_concatenate_configs_and_map_splits(monkeypatch):
     assert calls == [("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train")]  # "test" -> hub "train"
 
 
-# ---- the validation split --------------------------------------------------------------------
+# ---------------------------------------------------------------- the validation split
 
 
 def test_split_train_val_is_deterministic_disjoint_and_order_free():

@@ -71,7 +71,7 @@ def fake_rollout(kind, entropy):
                            logp=z, entropy=entropy, noise_ratio=torch.zeros_like(entropy),
                            cot_len=(kind == softcot.COT).sum(1), answer_len=(kind == softcot.ANSWER).sum(1),
                            stop_reason=["cap"] * N, cot_text=[""] * N, answer_text=[""] * N, mode="hard", tau=1.0,
-                           sigma=0.0, answer_temperature=0.0, top_k=None, group_size=1)
+                           sigma=0.0, answer_temperature=0.0, top_k=None)
 
 
 def test_cot_entropy_profile_by_hand():

@@ -11,6 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import gradsignal
+import runtime
 import rloo
 import softcot
 import train
@@ -231,7 +232,7 @@ def test_split_gradient_adds_up_to_the_training_step(tokenizer, mode):
     grads, _ = gradsignal.batch_gradient(model, ro, adv, micro_batch=3)
     assert all(p.grad is None for p in model.parameters())          # autograd.grad: .grad is left alone
     opt = KeepGradients(model)
-    train.policy_gradient_step(model, train.Scorer(model), opt, ro, adv, len(adv), 1, 3, grad_clip=0)
+    train.policy_gradient_step(model, runtime.Scorer(model), opt, ro, adv, len(adv), 1, 3, grad_clip=0)
     groups = gradsignal.parameter_groups(model)
     assert len(groups["embed"]) == 2
     ref = {id(p): g for p, g in zip(model.parameters(), opt.grads)}

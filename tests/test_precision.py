@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 import memory
 import rloo
+import runtime
 import softcot
 import train
 from conftest import make_model
@@ -22,8 +23,8 @@ def one_adamw_step(model, tok, compute, lr=3e-6):
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     grads = []
     opt.register_step_pre_hook(lambda o, a, k: grads.extend(p.grad.detach().clone() for p in model.parameters()))
-    ctx = train.compute_context(torch.device("cpu"), compute, fsdp=False)
-    train.policy_gradient_step(model, train.Scorer(model), opt, ro, adv, 4, 1, micro_batch=4, grad_clip=0.0, ctx=ctx)
+    ctx = runtime.compute_context(torch.device("cpu"), compute, fsdp=False)
+    train.policy_gradient_step(model, runtime.Scorer(model), opt, ro, adv, 4, 1, micro_batch=4, grad_clip=0.0, ctx=ctx)
     got_grad = torch.cat([(g != 0).flatten() for g in grads])
     changed = torch.cat([(p.detach() != b).flatten() for p, b in zip(model.parameters(), before)])
     return (changed & got_grad).sum().item() / got_grad.sum().item()
@@ -200,7 +201,7 @@ def test_activation_checkpointing_gives_the_same_gradient(tokenizer):
         model.train()
         assert model.is_gradient_checkpointing == ckpt
         adv = torch.tensor([1.0, -1.0, 2.0, -2.0])
-        rloo.rloo_loss(train.Scorer(model)(ro).sum(-1), adv, 4).backward()
+        rloo.rloo_loss(runtime.Scorer(model)(ro).sum(-1), adv, 4).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
     assert grads[0].norm() > 0

@@ -1,5 +1,6 @@
-"""Tests for rewards.py: extraction, the Eq. 11 reward on tricky pairs, GSM8K helpers, and a
-grader that neither crashes nor hangs (threads, timeouts, a dead worker).
+"""Tests for rewards.py: extraction (of answers, and of the golds data.py reads with it), the
+Eq. 11 reward on tricky pairs, the GSM8K gold rule, and a grader that neither crashes nor hangs
+(threads, timeouts, a dead worker).
 
 Every verdict in TRICKY was checked against Math-Verify 0.9.0 before being written down; where
 Math-Verify's verdict is surprising, a comment says so instead of forcing our opinion."""
@@ -11,8 +12,9 @@ import pytest
 
 import data
 import rewards
-from rewards import extract_boxed, gsm8k_gold, gsm8k_strict_flexible
+from rewards import extract_boxed, gsm8k_gold
 
+# ---------------------------------------------------------------- Eq. 11 on tricky pairs
 # (answer text as the reward sees it: prefill + generated, gold, expected reward)
 TRICKY = [
     # thousands separators and GSM8K-style golds
@@ -88,6 +90,7 @@ def test_score_batch_fields_agree_with_rewards():
     assert s.grader_errors == 0 and s.error_messages == []
 
 
+# ---------------------------------------------------------------- extraction: the box and GSM8K's ####
 @pytest.mark.parametrize("text,expected", [
     ("\\boxed{42}", "42"),
     ("so \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
@@ -107,6 +110,21 @@ def test_score_batch_fields_agree_with_rewards():
 ])
 def test_extract_boxed(text, expected):
     assert extract_boxed(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("\\fbox{3}", "3"),  # a few MATH solutions box their answer this way
+    ("\\fbox {3}", "3"),
+    ("\\boxed{1} then \\fbox{2}", "2"),  # the last box of either kind decides
+    ("\\fbox{1} then \\boxed{2}", "2"),
+    ("\\fbox{\\frac{1}{2}}", "\\frac{1}{2}"),
+    ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),
+    ("\\boxed{1} \\fbox{2", None),  # unclosed: the last box decides here too
+    ("no box", None),
+])
+def test_extract_boxed_with_fbox(text, expected):
+    """fbox=True, as data.py reads golds from human-written solutions; answers never get it."""
+    assert extract_boxed(text, fbox=True) == expected
 
 
 def test_extract_boxed_rejects_non_strings():
@@ -131,28 +149,17 @@ def test_gsm8k_gold_rejects_fields_without_a_number(field):
         gsm8k_gold(field)
 
 
-def test_gsm8k_gold_agrees_with_data_loader(tmp_path):
+def test_gsm8k_gold_is_the_data_loaders_rule(tmp_path):
+    """data.py's GSM8K loader reads its golds with gsm8k_gold: the loader and the function give the cases' golds."""
     fields = ["x\n#### 7", "#### 1,000", "#### -5", "#### 12,345"]
+    golds = ["7", "1000", "-5", "12345"]
     path = tmp_path / "gsm8k.jsonl"
     path.write_text("".join(json.dumps({"question": f"q{i}", "answer": f}) + "\n" for i, f in enumerate(fields)))
+    assert [gsm8k_gold(f) for f in fields] == golds
     assert [r["answer"] for r in data.load("gsm8k", "test", path=path)] == [gsm8k_gold(f) for f in fields]
 
 
-@pytest.mark.parametrize("text,gold,strict,flexible", [
-    ("3 + 4 = 7. The final answer is: \\boxed{7}.", "7", True, True),
-    ("The final answer is: \\boxed{1,000}", "1000", True, True),
-    ("The final answer is: \\boxed{\\$18.00}", "18", True, True),
-    ("The final answer is: \\boxed{-5}", "-5", True, True),
-    ("so 7 apples. The final answer is: \\boxed{7 apples}", "7", False, True),  # format problem
-    ("The answer is 7.", "7", False, True),  # no box: only flexible
-    ("\\boxed{7}. Human: what is 2+3?", "7", True, False),  # trailing chatter fools flexible
-    ("The final answer is: \\boxed{8}", "7", False, False),
-    ("no numbers here", "7", False, False),
-])
-def test_gsm8k_strict_flexible(text, gold, strict, flexible):
-    assert gsm8k_strict_flexible(text, gold) == (strict, flexible)
-
-
+# ---------------------------------------------------------------- bad input; a grader that neither crashes nor hangs
 def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="2 answers but 1 golds"):
         rewards.score(["\\boxed{1}", "\\boxed{2}"], ["1"])
@@ -160,8 +167,6 @@ def test_bad_inputs_are_clear_errors():
         rewards.score([None], ["1"])
     with pytest.raises(ValueError, match=r"golds\[0\] is empty"):
         rewards.score(["\\boxed{1}"], [" "])
-    with pytest.raises(ValueError, match="plain number"):
-        gsm8k_strict_flexible("\\boxed{1}", "\\frac12")
 
 
 def test_math_verify_alone_fails_off_the_main_thread():

@@ -62,7 +62,8 @@ def test_zero_advantage_fraction():
     assert (rloo_advantages(r)[[0, 2]] == 0).all()
 
 
-# ---- a tiny policy: linear softmax over K actions, T steps per "sequence" -------------------
+# ---------------------------------------------------------------- a tiny policy
+# A linear softmax over K actions, T steps per "sequence".
 
 K, F, T = 5, 3, 4
 

@@ -3,14 +3,16 @@
 $SOFTCOT_CACHE), ~40 s; later runs reload the folder in ~1 s. Nothing is downloaded."""
 import json
 import re
-from argparse import Namespace
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import data
+import recipes
 import rewards
+import runs
+import runtime
 import smol
 import softcot
 import toy
@@ -78,7 +80,7 @@ def test_english_problems_keep_the_numbers_and_the_gold(skill, tmp_path):
             a, op, b, calc, c, shown = re.fullmatch(r"(\d+) ([-+*]) (\d+) = <<(.+)=(\d+)>>(\d+)", line).groups()
             a, b = int(a), int(b)
             assert calc == f"{a}{op}{b}" and c == shown and int(c) == {"+": a + b, "-": a - b, "*": a * b}[op]
-    toy.write_jsonl(english, tmp_path / "e.jsonl")
+    runs.write_jsonl(english, tmp_path / "e.jsonl")
     loaded = data.load("gsm8k", "train", path=str(tmp_path / "e.jsonl"))      # the project's GSM8K loader
     assert [r["answer"] for r in loaded] == [toy.gold(t) for t in plain]
 
@@ -201,30 +203,32 @@ def test_eos_inside_the_cot_ends_it_with_the_longer_prefill(tiny, tok, monkeypat
     assert int(ro.answer_len[0]) == len(ids(tok, "10}")) + 1                       # the answer's own EOS counts
 
 
-# ---------------------------------------------------------------- the recipe's prompt, model and data in train.py
+# ---------------------------------------------------------------- the recipe's prompt, model and data (recipes.py)
 def test_smol_prompts_are_the_tokenizers_chat_template(tok):
     chat = tok.apply_chat_template([{"role": "user", "content": data.format_prompt(QUESTION)}], tokenize=False,
                                    add_generation_prompt=True)
-    assert train.prompt_text(Namespace(prompt="smol-chat"), QUESTION) == chat
+    assert recipes.prompt_text("smol-chat", QUESTION) == chat
     assert tok(chat).input_ids[:2] == [tok.convert_tokens_to_ids("<|im_start|>"), ids(tok, "system")[0]]
     # the recipe's prompt: App. B's instruction (verbatim, without its format sentence) as the system turn
     system = tok.apply_chat_template([{"role": "system", "content": smol.INSTRUCTION},
                                       {"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True)
-    assert train.prompt_text(Namespace(prompt=train.RECIPES["smol"]["prompt"]), QUESTION) == system
+    assert recipes.prompt_text(recipes.RECIPES["smol"]["prompt"], QUESTION) == system
     assert data.PROMPT.startswith(smol.INSTRUCTION) and smol.INSTRUCTION.endswith("final answer in \\boxed{}.")
     assert "[answer]" not in system and "[answer]" in chat
 
 
 def test_train_loads_the_smol_model_and_problems(path, tmp_path):
     args = train.parse_args(["--recipe", "smol", "--out", str(tmp_path)])
-    model, _, _, tok = train.load_model(args, train.model_path(args, 0, 1), torch.device("cpu"), 0, 1)
+    model, _, _, tok = runtime.load_model(recipes.model_path(args.model, args.seed), torch.device("cpu"), 0, 1,
+                                          dtype=args.dtype, compute_dtype=args.compute_dtype, fsdp=False,
+                                          grad_ckpt=False)
     assert model.name_or_path == path and tok.eos_token == "<|im_end|>"
-    tr, val = train.load_problems(args)
+    tr, val = recipes.load_problems(args.dataset, args.out, args.seed, args.val_size, args.data_path)
     assert len(tr) + len(val) == 4000 and len(val) == args.val_size
     assert tr[0]["answer"] == toy.gold(toy.make_rows(1, 0, split="train")[0])     # toy's problems, gold unchanged
-    toy.write_jsonl([{"question": f"What is {i} plus 1?", "answer": f"#### {i + 1}"} for i in range(150)],
+    runs.write_jsonl([{"question": f"What is {i} plus 1?", "answer": f"#### {i + 1}"} for i in range(150)],
                     tmp_path / "mine.jsonl")                                       # any GSM8K-schema file
-    tr, val = train.load_problems(Namespace(**vars(args) | dict(data_path=str(tmp_path / "mine.jsonl"))))
+    tr, val = recipes.load_problems(args.dataset, args.out, args.seed, args.val_size, str(tmp_path / "mine.jsonl"))
     assert len(tr) == 50 and len(val) == 100 and val[0]["question"].startswith("What is")
 
 
@@ -234,7 +238,7 @@ def test_evaluate_reads_the_smol_test_set(tmp_path):
     gold = [toy.gold(r) for r in toy.make_rows(200, 0, split="test")]                # the toy test split, in English
     assert [it["answer"] for it in test] == gold and not ood
     assert all(it["prompt"].startswith("<|im_start|>system") for it in test)       # the recipe's chat prompt
-    toy.write_jsonl([{"question": "What is 2 plus 2?", "answer": "#### 4"}], tmp_path / "t.jsonl")
+    runs.write_jsonl([{"question": "What is 2 plus 2?", "answer": "#### 4"}], tmp_path / "t.jsonl")
     test, _ = evaluate.load_sets(evaluate.parse_args(["--recipe", "smol", "--data_path", str(tmp_path / "t.jsonl")]))
     assert [it["answer"] for it in test] == ["4"]
 

@@ -11,10 +11,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import data
 import rewards
+import recipes
+import runs
 import toy
-import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORLDS_DOC = open(os.path.join(ROOT, "docs", "toy_worlds.md")).read()   # the measured table of every shipped model
 # sha256 of models/toy-base-s<seed>/model.safetensors. The README's, the notebooks' and toy.py's toy numbers
 # were all measured from exactly these files: a different file makes them stale.
 SHIPPED_SHA256 = {0: "9f12876ea74512ec02777dc05ecd86d2d4a561a8f7704ec572d5c265b8d076d7",
@@ -129,7 +131,7 @@ def test_splits_are_disjoint_and_read_like_gsm8k(tmp_path):
     sft = {r["question"] for s in toy.SKILLS for r in toy.make_rows(300, 0, s, "sft")}
     assert not sft & {r["question"] for rows in splits.values() for r in rows}
     path = tmp_path / "toy.jsonl"
-    toy.write_jsonl(splits["val"], path)
+    runs.write_jsonl(splits["val"], path)
     assert [json.loads(line) for line in path.read_text().splitlines()] == splits["val"]
     loaded = data.load("gsm8k", "train", path=str(path))   # the project's GSM8K loader: gold after ####
     assert [r["answer"] for r in loaded] == [toy.gold(r) for r in splits["val"]]
@@ -205,7 +207,7 @@ def test_shipped_model_is_the_canonical_file(seed):
         digest = hashlib.sha256(f.read()).hexdigest()
     assert digest == SHIPPED_SHA256[seed], (
         f"\n\n*** models/toy-base-s{seed}/model.safetensors has changed (sha256 {digest}, pinned "
-        f"{SHIPPED_SHA256[seed]}). ***\nEvery toy number in README.md, toy.py and the notebooks was measured from "
+        f"{SHIPPED_SHA256[seed]}). ***\nEvery toy number in README.md, docs/toy_worlds.md and the notebooks was measured from "
         "the pinned file. If the change is meant, re-measure them all from the new file (python toy.py --seed "
         f"{seed}, the RL table, the evaluation table, the notebooks), then update SHIPPED_SHA256 and "
         "toy.SHIPPED_VAL_ACCURACY. If not, restore the file: git checkout -- models/\n")
@@ -213,7 +215,7 @@ def test_shipped_model_is_the_canonical_file(seed):
 
 def test_calibrated_world_is_shipped_and_documented():
     """toy.WORLDS["toy-calibrated"] resolves to the shipped models/toy-calibrated-s0 (nothing is trained), the
-    pinned file, with the greedy validation accuracy that toy.py's docstring states; another seed is made."""
+    pinned file, with the greedy validation accuracy that docs/toy_worlds.md states; another seed is made."""
     path = toy.base_model(0, **toy.WORLDS["toy-calibrated"])
     assert path == os.path.join(ROOT, "models", "toy-calibrated-s0") and toy.shipped_world("toy-calibrated", 0)
     assert not toy.shipped_world("toy-calibrated", 1)
@@ -221,13 +223,14 @@ def test_calibrated_world_is_shipped_and_documented():
         assert hashlib.sha256(f.read()).hexdigest() == CALIBRATED_SHA256, "re-measure docs/toy_study.md if meant"
     model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     acc = toy.greedy_accuracy(model, tok, toy.make_rows(200, 0, split="val"))
-    assert re.search(rf"^ +toy-calibrated +0 +{100 * acc:.1f}% ", toy.__doc__, re.M), f"toy.py should say {acc:.1%}"
+    assert re.search(rf"^\| toy-calibrated \| 0 \| {100 * acc:.1f}% \|", WORLDS_DOC, re.M), \
+        f"docs/toy_worlds.md should say {acc:.1%}"
 
 
 @pytest.mark.parametrize("seed", sorted(SLIPS_SHA256))
 def test_slips_world_is_shipped_and_documented(seed):
     """The tiny recipe's world: toy.WORLDS["toy-slips"] resolves to the shipped, pinned models/toy-slips-s<seed>,
-    whose greedy validation accuracy is the one toy.py's table states, and whose greedy answers box units."""
+    whose greedy validation accuracy is the one docs/toy_worlds.md's table states, and whose greedy answers box units."""
     path = toy.base_model(seed, **toy.WORLDS["toy-slips"])
     assert path == os.path.join(ROOT, "models", f"toy-slips-s{seed}") and toy.shipped_world("toy-slips", seed)
     with open(os.path.join(path, "model.safetensors"), "rb") as f:
@@ -237,13 +240,14 @@ def test_slips_world_is_shipped_and_documented(seed):
     acc = toy.greedy_accuracy(model, tok, rows)
     boxed = [a[0] or "" for a in toy._answers(model, tok, rows)]
     assert sum(any(o in b for o in toy.UNIT_OBJECTS) for b in boxed) > len(rows) / 2     # the slip RL fixes
-    assert re.search(rf"^ +toy-slips +{seed} +{100 * acc:.1f}% ", toy.__doc__, re.M), f"toy.py should say {acc:.1%}"
-    assert train.RECIPES["tiny"]["model"] == "toy-slips"
+    assert re.search(rf"^\| toy-slips \| {seed} \| {100 * acc:.1f}% \|", WORLDS_DOC, re.M), \
+        f"docs/toy_worlds.md should say {acc:.1%}"
+    assert recipes.RECIPES["tiny"]["model"] == "toy-slips"
 
 
 @pytest.mark.parametrize("seed", sorted(SHIPPED_SHA256))
 def test_shipped_model_has_the_documented_accuracy(seed):
-    """Greedy validation accuracy of the shipped model equals the number toy.py and the README state. Greedy
+    """Greedy validation accuracy of the shipped model equals the number docs/toy_worlds.md and the README state. Greedy
     decoding of fixed weights: the same on any CPU unless two logits tie to the last bit (rare)."""
     path = toy.base_model(seed)
     model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
@@ -251,7 +255,8 @@ def test_shipped_model_has_the_documented_accuracy(seed):
     acc = toy.greedy_accuracy(model, tok, val)
     assert acc == toy.SHIPPED_VAL_ACCURACY[seed]
     stated = f"{100 * acc:.1f}%"
-    assert re.search(rf"^ +{seed} +{re.escape(stated)} ", toy.__doc__, re.M), f"toy.py's table should say {stated}"
+    assert re.search(rf"^\| toy \(sharp\) \| {seed} \| {re.escape(stated)} \|", WORLDS_DOC, re.M), \
+        f"docs/toy_worlds.md's table should say {stated}"
     with open(os.path.join(ROOT, "README.md")) as f:
         assert f"{stated} (seed {seed})" in f.read(), f"README.md should say {stated} (seed {seed})"
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import runs
 import toy
 import train
 from conftest import TORCHRUN, crash_report, killed_by_signal, launch, run_script
@@ -180,6 +181,6 @@ def test_run_summary_reads_base_best_and_final(tmp_path):
     rows = [{"step": 0, "val_acc": 0.075}, {"step": 1, "reward": 10.0}, {"step": 25, "val_acc": 0.67},
             {"step": 50, "val_acc": 0.67}, {"step": 75, "val_acc": 0.5}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    line = train.run_summary(str(tmp_path), 120.0, 75)
+    line = runs.run_summary(str(tmp_path), 120.0, 75)
     assert line == ("done: greedy validation 0.075 (base) -> 0.670 (best, step 25) -> 0.500 (final, step 75), "
                     "+0.425 final - base; 75 steps in 120 s (0.62 steps/s)")

