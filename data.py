@@ -44,19 +44,25 @@ Offline use: every loader takes `path=` to a local .json (a list of rows, or JSO
 (requirements.txt pins datasets==5.2.0) is imported only for hub loads, pyarrow (which
 `datasets` installs) only for parquet.
 
-Rows without a usable answer (missing field, no `####`, no boxed answer, empty) are never
-silently dropped: a warning names the dataset and their count, they are excluded, and a file in
-which no row is usable raises.
+Rows without a usable answer (missing field, no `####`, no boxed answer, empty, a `####` gold that
+is not a finite number) are never silently dropped: a warning names the dataset, the file, their
+count and row numbers, they are excluded, and a file in which no row is usable raises. A file that
+cannot be read (not UTF-8, not JSON, not parquet) raises a ValueError naming the file and the line
+(parquet: the row and column). Before a training split is cut, `drop_repeated_questions` keeps one
+copy of each question; `data_digest` fingerprints the rows a run trains and validates on.
 
 Usage:
     from data import PROMPT, format_prompt, load, split_train_val
     rows = load("gsm8k", "train")                      # or load("gsm8k", "train", path="gsm8k.jsonl")
+    rows = drop_repeated_questions(rows, "gsm8k/train")  # one copy of each question, before the split
     train, val = split_train_val(rows, n_val=500)      # a fixed held-out slice for model selection
     prompt = format_prompt(train[0]["question"])
+    digest = data_digest(train + val)                  # changes if a question, a gold or their order does
 """
 
 import hashlib
 import json
+import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -129,6 +135,17 @@ def _gsm8k(row):
         gold = rewards.gsm8k_gold(field)  # after the last `####`: "1,000" -> "1000"; "-3" kept
     except ValueError:  # the loader's own wording: it names the row, not the function's argument
         raise _BadRow("answer has no '####'" if "####" not in field else "nothing after '####'") from None
+    # The '####' gold is a number. One that reads as NaN or +-inf (`#### NaN`: a missing value printed by the
+    # script that wrote the file) is no answer at all: no sample can earn r = 100 on it (Eq. 11), so its group's
+    # advantages are all 0 (Eq. 12), a prompt that teaches nothing. It is a row without a usable answer like one
+    # without '####', and goes the same way: excluded, counted and named in load's warning. A gold that is no
+    # plain number ("1/2") is Math-Verify's to read, and kept.
+    try:
+        finite = math.isfinite(float(gold))
+    except ValueError:
+        finite = True
+    if not finite:
+        raise _BadRow(f"gold {gold!r} after '####' is not a finite number")
     return {"question": _text(row, "question"), "answer": gold, "solution": field}
 
 
@@ -257,21 +274,21 @@ DATASETS = {
 
 
 def read_rows(path):
-    """Rows of a local .json (list, or JSON Lines), .jsonl or .parquet file."""
+    """Rows of a local .json (list, or JSON Lines), .jsonl or .parquet file. A file that cannot be read raises a
+    one-line ValueError naming the file and where in it (line; parquet: row and column) and what to do."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no such data file: {path}")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as e:
-            raise ValueError(f"reading {path} needs pyarrow (pip install pyarrow), or convert it to .jsonl") from e
-        rows = pq.read_table(path).to_pylist()
+        rows = _parquet_rows(path)
     elif suffix in (".json", ".jsonl"):
-        text = path.read_text(encoding="utf-8")
+        text = _utf8(path)
         if text.lstrip().startswith("["):
-            rows = json.loads(text)
+            try:
+                rows = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {e.lineno}: not JSON ({e.msg} at column {e.colno})") from e
         else:
             rows = []
             for n, line in enumerate(text.splitlines(), 1):
@@ -279,12 +296,56 @@ def read_rows(path):
                     try:
                         rows.append(json.loads(line))
                     except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}, line {n}: not JSON ({e})") from e
+                        raise ValueError(f"{path}, line {n}: not JSON ({e.msg} at column {e.colno})") from e
     else:
         raise ValueError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl or .parquet")
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise ValueError(f"{path}: expected a list of JSON objects (one per row)")
     return rows
+
+
+_RESAVE = "re-save it as UTF-8 (from Windows-1252 or Latin-1: iconv -f cp1252 -t utf-8 FILE > NEW)"
+
+
+def _utf8(path):
+    """The text of a JSON file. Python's own error gives only a byte offset into the whole file; this one names
+    the line, so the bad character can be found in an editor. A leading byte-order mark (some Windows editors
+    write one) is not data and is skipped: utf-8-sig."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        body, at = e.object, e.start   # the bytes after any byte-order mark, and the offset into them
+        line = body.count(b"\n", 0, at) + 1
+        column = at - body.rfind(b"\n", 0, at)
+        raise ValueError(f"{path}, line {line}: byte {column} of the line (0x{body[at]:02x}) is not UTF-8; "
+                         f"{_RESAVE}") from e
+
+
+def _parquet_rows(path):
+    """The rows of a parquet file. pyarrow reads invalid UTF-8 in a string column without complaint and fails only
+    when a row becomes Python strings, with a byte offset into one value: the row and column are found here."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise ValueError(f"reading {path} needs pyarrow (pip install pyarrow), or convert it to .jsonl") from e
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from e
+    try:
+        return table.to_pylist()
+    except UnicodeDecodeError as e:
+        for name in table.column_names:   # the error path only: value by value, to name the first bad one
+            column = table.column(name)
+            for i in range(len(column)):
+                try:
+                    column[i].as_py()
+                except UnicodeDecodeError as bad:
+                    raise ValueError(f"{path}, row {i}, column {name!r}: not UTF-8 (byte "
+                                     f"0x{bad.object[bad.start]:02x}); {_RESAVE}") from e
+        raise
 
 
 def _hub_rows(name, source, split):
@@ -321,15 +382,15 @@ def load(name, split, path=None, limit=None):
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of rows or None, got {limit}")
     raw = read_rows(path) if path is not None else _hub_rows(name, source, split)
-    rows, bad, outside = [], [], 0
+    rows, bad, outside = [], [], 0   # bad: (row number, why), row numbers 0-based in file order
     for i, r in enumerate(raw):
         try:
             row = source.row(r)
         except _BadRow as e:
-            bad.append(f"row {i}: {e}")
+            bad.append((i, str(e)))
             continue
         except (TypeError, ValueError, AttributeError) as e:  # a field of the wrong type
-            bad.append(f"row {i}: malformed ({type(e).__name__}: {e})")
+            bad.append((i, f"malformed ({type(e).__name__}: {e})"))
             continue
         if row is None:
             outside += 1
@@ -339,12 +400,13 @@ def load(name, split, path=None, limit=None):
     if not rows:
         raise ValueError(
             f"{where}: none of its {len(raw)} rows is usable"
-            + (f" (first: {bad[0]})" if bad else "")
+            + (f" (first: row {bad[0][0]}: {bad[0][1]})" if bad else "")
             + f"; is it laid out in the {source.repo} schema?"
         )
     if bad:
-        warnings.warn(f"{where}: skipped {len(bad)} of {len(raw)} rows without a usable "
-                      f"question or answer (first: {bad[0]})", stacklevel=2)
+        numbers = ", ".join(str(i) for i, _ in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        warnings.warn(f"{where}: skipped {len(bad)} of {len(raw)} rows without a usable question or answer "
+                      f"(rows {numbers}, counted from 0; first: row {bad[0][0]}: {bad[0][1]})", stacklevel=2)
     if outside:
         warnings.warn(f"{where}: {outside} of {len(raw)} rows are outside the benchmark's "
                       "subset (not text-only English maths with a final answer) and were left out",
@@ -353,6 +415,51 @@ def load(name, split, path=None, limit=None):
 
 
 # ------------------------------------------------------------------------------------------------ the validation split
+
+
+def drop_repeated_questions(rows, where):
+    """`rows` without the later copies of a question text seen before (the first copy is kept, order kept), with a
+    one-line warning giving their count, how many of them had another gold, and `where` (the dataset and file).
+
+    Call it on a training split before split_train_val (recipes.load_problems does). Why: a repeated question is
+    one problem counted twice: drawn twice as often in training, weighted twice in validation accuracy, and, if its
+    copies fall on both sides of split_train_val's cut, a validation question the policy trains on. (Equal
+    questions hash equal there, so their copies are neighbours in its order and only the pair at the cut can be
+    split; that one leak is still a leak, and the double counts are everywhere.) Dropped, not refused: a hub copy
+    merged from several sources (DeepScaleR) can repeat a problem, and a refusal would make that recipe unusable
+    without editing a file the user does not own. Keeping the first copy makes the result depend on the file order
+    only. A copy with another gold contradicts the first; it is counted in the warning, not arbitrated.
+    `python -W error::UserWarning` turns this warning, like load's, into a refusal.
+    """
+    first, kept, other_gold = {}, [], 0
+    for row in rows:
+        q = row["question"]
+        if q in first:
+            other_gold += row["answer"] != first[q]["answer"]
+        else:
+            first[q] = row
+            kept.append(row)
+    if len(kept) < len(rows):
+        warnings.warn(f"{where}: dropped {len(rows) - len(kept)} of {len(rows)} rows that repeat an earlier "
+                      f"question ({other_gold} of them with another gold); the first copy of each is kept",
+                      stacklevel=2)
+    return kept
+
+
+def data_digest(rows):
+    """16 hex digits of sha256 over the rows' (question, gold answer) pairs, in order: the fingerprint of the data
+    a run trains and validates on.
+
+    Call it as data_digest(train + val) on load_problems' two lists: record it in config.json, and on --resume
+    compare it with the digest of the data loaded again. Editing the data file (a question, a gold, their order,
+    a row added or removed) changes the training and validation sets under a resumed run without a word; the
+    digest changes with any of those. With val_size fixed (a flag --resume checks), train + val determines both
+    lists. Only what training reads is hashed: the question (in the prompt) and the answer (the gold of Eq. 11),
+    not the solution or metadata. The JSON is canonical (no spaces, UTF-8 kept as is), so the digest is the same
+    on every machine and Python version.
+    """
+    canonical = json.dumps([[r["question"], r["answer"]] for r in rows], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:16]   # a lone surrogate too
 
 
 def split_train_val(rows, n_val, seed=0):

@@ -395,6 +395,9 @@ def parse_args(argv=None):
         p.error(f"--mode {' '.join(bad)}: use hard, soft or fuzzy")
     if not 4 <= args.buckets <= args.batches or args.buckets % 2:
         p.error(f"--buckets {args.buckets}: must be even and between 4 and --batches ({args.batches})")
+    problem = recipes.cache_problem(args.model, args.seed)
+    if problem:
+        p.error(problem)
     args.out = args.out or f"runs/gradsignal-{args.recipe}-s{args.seed}"
     return args
 

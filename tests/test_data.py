@@ -1,7 +1,10 @@
 """Tests for data.py: the App. B prompt, every loader on small files written here in the hub
 schema of its dataset (json, jsonl, parquet; with bad rows that must be counted), the
-dispatcher's errors, and the held-out validation split. Nothing is downloaded."""
+dispatcher's errors, files that cannot be read, the held-out validation split; and the checks of
+the data made before a model is loaded (recipes.load_problems, check_split, check_prompt_lengths,
+data.data_digest). Nothing is downloaded."""
 
+import hashlib
 import json
 import random
 import sys
@@ -12,6 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import data
+import recipes
+import softcot
+import toy
 from data import PROMPT, format_prompt, load, split_train_val
 
 
@@ -266,3 +272,202 @@ def test_split_train_val_is_deterministic_disjoint_and_order_free():
     assert split_train_val(rows, 0) == (rows, [])
     with pytest.raises(ValueError, match="n_val"):
         split_train_val(rows, 200)
+
+
+# ---------------------------------------------------------------- files that cannot be read: the file and the line
+
+
+GOOD = [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(4)]
+
+
+@pytest.mark.parametrize("name,layout", [("gsm8k.jsonl", "lines"), ("gsm8k.json", "lines"), ("gsm8k.json", "list")])
+def test_a_byte_that_is_not_utf8_is_named_by_file_and_line(tmp_path, name, layout):
+    text = ("".join(json.dumps(r) + "\n" for r in GOOD) if layout == "lines"
+            else json.dumps(GOOD, indent=1) + "\n")   # a list over many lines: the byte's line is named too
+    lines = text.encode().split(b"\n")
+    n = 3 if layout == "lines" else 11                # this line of the file (1-based) holds the bad byte
+    assert b': "q' in lines[n - 1]
+    lines[n - 1] = lines[n - 1].replace(b': "q', b': "caf\xe9 q')   # Latin-1's e-acute in a question
+    path = tmp_path / name
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(ValueError, match=rf"{name}, line {n}: byte \d+ of the line \(0xe9\) is not UTF-8; "
+                                         r"re-save it as UTF-8") as e:
+        load("gsm8k", "train", path=path)
+    assert "position" not in str(e.value)             # not Python's offset into the whole file
+
+
+def test_a_utf8_byte_order_mark_is_read_and_a_broken_json_list_names_its_line(tmp_path):
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in GOOD).encode())
+    assert [r["answer"] for r in load("gsm8k", "train", path=bom)] == ["0", "1", "2", "3"]
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD[0]).encode() + b"\n{\"question\": \"\xe9\"}\n")
+    with pytest.raises(ValueError, match=r"bom.jsonl, line 2: byte 15 of the line \(0xe9\)"):
+        load("gsm8k", "train", path=bom)               # counted after the byte-order mark
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(GOOD, indent=1).replace('"q2",', '"q2"', 1))
+    with pytest.raises(ValueError, match=r"broken.json, line 1[0-9]: not JSON \(Expecting ',' delimiter at column"):
+        load("gsm8k", "train", path=broken)
+
+
+def test_parquet_not_utf8_names_row_and_column_and_a_bad_file_is_named(tmp_path):
+    questions = pa.array([b"q0", b"q1", b"caf\xe9?"], type=pa.binary()).view(pa.string())   # unchecked by pyarrow
+    path = tmp_path / "gsm8k.parquet"
+    pq.write_table(pa.table({"question": questions, "answer": ["#### 1"] * 3}), path)
+    with pytest.raises(ValueError, match=r"gsm8k.parquet, row 2, column 'question': not UTF-8 \(byte 0xe9\); re-save"):
+        load("gsm8k", "train", path=path)
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"not parquet at all")
+    with pytest.raises(ValueError, match=r"junk.parquet: not a readable parquet file"):
+        load("gsm8k", "train", path=junk)
+
+
+# ---------------------------------------------------------------- golds that are no answer
+
+
+def test_gsm8k_golds_that_are_not_finite_numbers_are_named_and_left_out(tmp_path):
+    fields = ["#### 7", "#### NaN", "#### inf", "x\n#### -Infinity", "#### 1e999", "#### ", "#### 1/2", "#### -3.5"]
+    path = write(tmp_path / "gsm8k.jsonl", [{"question": f"q{i}", "answer": f} for i, f in enumerate(fields)])
+    with pytest.warns(UserWarning, match=r"gsm8k/train \(.*gsm8k.jsonl\): skipped 5 of 8 rows .*\(rows 1, 2, 3, 4, 5, "
+                                         r"counted from 0; first: row 1: gold 'NaN' after '####' is not a finite"):
+        rows = load("gsm8k", "train", path=path)
+    assert [r["answer"] for r in rows] == ["7", "1/2", "-3.5"]   # a fraction is Math-Verify's to read
+    nan_only = write(tmp_path / "nan.jsonl", [{"question": "q", "answer": "#### nan"}])
+    with pytest.raises(ValueError, match=r"none of its 1 rows is usable \(first: row 0: gold 'nan'"):
+        load("gsm8k", "train", path=nan_only)
+    # MATH's golds are strings, graded by Math-Verify: an infinite answer is an answer
+    math = write(tmp_path / "math.jsonl", [{"problem": "Limit?", "solution": "So $\\boxed{\\infty}$."}])
+    assert load("math", "train", path=math)[0]["answer"] == "\\infty"
+
+
+def test_more_than_ten_bad_rows_are_numbered_then_counted(tmp_path):
+    path = write(tmp_path / "gsm8k.jsonl", [{"question": f"q{i}", "answer": "#### nan" if i % 2 else "#### 1"}
+                                            for i in range(30)])
+    with pytest.warns(UserWarning, match=r"skipped 15 of 30 rows .*\(rows 1, 3, 5, 7, 9, 11, 13, 15, 17, 19 and 5 "
+                                         r"more, counted from 0"):
+        load("gsm8k", "train", path=path)
+
+
+# ---------------------------------------------------------------- repeated questions, before the split
+
+
+def split_order(questions, seed=recipes.SPLIT_SEED):
+    """split_train_val's order: the first n_val indices of it are validation."""
+    return sorted(range(len(questions)), key=lambda i: (hashlib.sha256(f"{seed}\n{questions[i]}".encode())
+                                                         .hexdigest(), i))
+
+
+def test_repeated_questions_are_dropped_before_the_split(tmp_path):
+    rows = [{"question": f"What is {i} plus 1?", "answer": f"#### {i + 1}"} for i in range(40)]
+    rows += [dict(rows[5]), {"question": rows[9]["question"], "answer": "#### 99"}]   # a copy; one with another gold
+    order = split_order([r["question"] for r in rows])
+    val_size = order.index(5) + 1        # the cut between the two copies of question 5: one would train, one validate
+    assert order[val_size] == 40         # (the copy sorts right after the first, its equal hash)
+    path = write(tmp_path / "gsm8k.jsonl", rows)
+    with pytest.warns(UserWarning, match=r"gsm8k/train \(.*gsm8k.jsonl\): dropped 2 of 42 rows that repeat an earlier "
+                                         r"question \(1 of them with another gold\); the first copy of each is kept"):
+        train, val = recipes.load_problems("gsm8k", str(tmp_path), 0, val_size, str(path))
+    assert {r["question"] for r in train}.isdisjoint(r["question"] for r in val)
+    assert len(train) + len(val) == 40 and len(val) == val_size
+    assert next(r for r in train + val if r["question"] == rows[9]["question"])["answer"] == "10"   # the first gold
+    # the smol dataset reads a --data_path file through the same loader and the same rule
+    with pytest.warns(UserWarning, match="dropped 2 of 42"):
+        train, val = recipes.load_problems("smol", str(tmp_path), 0, val_size, str(path))
+    assert len(train) + len(val) == 40
+
+
+def test_drop_repeated_questions_keeps_order_and_is_silent_without_repeats(recwarn):
+    rows = [{"question": q, "answer": a} for q, a in [("b", "1"), ("a", "2"), ("b", "1"), ("c", "3"), ("a", "5")]]
+    with pytest.warns(UserWarning, match=r"here: dropped 2 of 5 rows .*\(1 of them with another gold\)"):
+        assert data.drop_repeated_questions(rows, "here") == [rows[0], rows[1], rows[3]]
+    recwarn.clear()
+    assert data.drop_repeated_questions(rows[:2], "here") == rows[:2] and not recwarn.list
+
+
+# ---------------------------------------------------------------- too few rows: before training, with the flags
+
+
+def test_check_split_names_the_numbers_and_the_flags():
+    assert recipes.check_split(202, 200, 2) is None            # 200 to validate, 2 to draw at each step
+    problem = recipes.check_split(201, 200, 2)
+    assert problem == ("the data has 201 usable problems (repeated questions dropped), fewer than --val_size 200 held "
+                       "out for validation + --prompts_per_step 2 drawn each training step = 202; lower --val_size or "
+                       "--prompts_per_step, or pass a larger --data_path")
+    assert recipes.check_split(150, 200, 2).startswith("the data has 150 usable problems")
+
+
+def test_load_problems_refuses_too_few_rows_before_splitting(tmp_path):
+    path = write(tmp_path / "gsm8k.jsonl", [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(105)]
+                 + [{"question": "q0", "answer": "#### 0"}])   # 106 rows, 105 once the repeat is dropped
+    with pytest.warns(UserWarning, match="dropped 1"), \
+            pytest.raises(ValueError, match=r"has 105 usable problems .*--val_size 100 .*--prompts_per_step 8 .*= 108"):
+        recipes.load_problems("gsm8k", str(tmp_path), 0, 100, str(path), prompts_per_step=8)
+    with pytest.warns(UserWarning, match="dropped 1"):
+        train, val = recipes.load_problems("gsm8k", str(tmp_path), 0, 100, str(path), prompts_per_step=5)
+    assert len(train) == 5 and len(val) == 100
+    recipes.batch_rng(0, 0).sample(train, 5)                   # step 1's draw, which 8 would not have survived
+    with pytest.raises(ValueError, match=r"--prompts_per_step 4001 "):
+        recipes.load_problems("toy", str(tmp_path), 0, 200, prompts_per_step=4001)   # 4000 toy training problems
+
+
+# ---------------------------------------------------------------- prompts longer than the context
+
+
+def test_check_prompt_lengths_names_the_longest_row_that_does_not_fit():
+    tok = toy.make_tokenizer()     # one token per character, and <bos>: the toy prompt "Q: {q}\nA:" is len(q) + 7
+    prefill = max(len(softcot.PREFILL_STOPPED), len(softcot.PREFILL_CAPPED))
+    room = 512 - (64 + prefill + 8)            # the tiny recipe's caps in the toy model's 512 positions
+    rows = [{"question": "What is 1+2?", "answer": "3"}, {"question": "x" * (room - 7 + 1), "answer": "1"},
+            {"question": "y" * (room - 7), "answer": "1"}, {"question": "z" * (room + 50), "answer": "1"}]
+    problem = recipes.check_prompt_lengths(rows, tok, "toy", 64, 8, 512)
+    assert problem == (f"2 of 4 prompts do not fit the model's context of 512 positions; the longest, row 3 "
+                       f"({'z' * 60!r}), is {room + 57} tokens with the 'toy' prompt, and a rollout adds up to 64 CoT + "
+                       f"{prefill} prefill + 8 answer tokens ({512 + 57} > 512): lower --max_cot_tokens "
+                       f"(--val_cot_tokens for validation) or --max_answer_tokens, use a shorter --prompt, or leave "
+                       f"out of the data file the questions whose prompt is over {room} tokens")
+    assert recipes.check_prompt_lengths(rows[:1] + rows[2:3], tok, "toy", 64, 8, 512) is None   # exactly full fits
+    assert recipes.check_prompt_lengths(rows, tok, "toy", 64, 8, None) is None                 # no limit, no check
+    assert recipes.check_prompt_lengths(rows[:1], tok, "toy", 64, 8, 60) is not None           # caps alone too long
+
+
+def test_check_prompt_lengths_agrees_with_the_rollout():
+    """The check's bound is the rollout's own: a prompt it passes runs, the one a token longer is refused by both."""
+    tok = toy.make_tokenizer()
+    model = toy.make_model(tok, seed=0)
+    n = model.config.max_position_embeddings
+    room = n - (4 + max(len(softcot.PREFILL_STOPPED), len(softcot.PREFILL_CAPPED)) + 2)
+    for extra, fits in [(0, True), (1, False)]:
+        rows = [{"question": "7" * (room - 7 + extra), "answer": "1"}]
+        assert (recipes.check_prompt_lengths(rows, tok, "toy", 4, 2, n) is None) == fits
+        run = lambda: softcot.rollout(model, tok, [recipes.prompt_text("toy", rows[0]["question"])], mode="hard",
+                                      tau=1.0, max_cot_tokens=4, max_answer_tokens=2)
+        if fits:
+            run()
+        else:
+            with pytest.raises(ValueError, match="exceeds the model's context"):
+                run()
+
+
+# ---------------------------------------------------------------- the data's digest, for --resume
+
+
+def test_data_digest_changes_with_what_training_reads_and_nothing_else():
+    rows = [{"question": "What is 1+2?", "answer": "3", "solution": "1+2=3\n#### 3"},
+            {"question": "Café?", "answer": "\\frac{1}{2}", "level": "Level 1"}]
+    digest = data.data_digest(rows)
+    assert digest == "79973cc826a713cd"        # pinned: a change of the rule would fail every --resume of old runs
+    assert data.data_digest([dict(r) for r in rows]) == digest
+    assert data.data_digest([{**rows[0], "solution": "other"}, {**rows[1], "level": None}]) == digest
+    others = [rows[::-1], rows[:1], rows + rows[:1], [{**rows[0], "answer": "4"}, rows[1]],
+              [{**rows[0], "question": "What is 1+2? "}, rows[1]]]
+    assert len({digest} | {data.data_digest(o) for o in others}) == 1 + len(others)
+
+
+def test_data_digest_of_load_problems_is_the_same_when_loaded_again(tmp_path):
+    path = write(tmp_path / "gsm8k.jsonl", [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(30)])
+    train, val = recipes.load_problems("gsm8k", str(tmp_path), 0, 10, str(path))
+    again = recipes.load_problems("gsm8k", str(tmp_path), 0, 10, str(path))
+    assert data.data_digest(train + val) == data.data_digest(again[0] + again[1])
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:3] + [json.dumps({"question": "q3", "answer": "#### 33"})] + lines[4:]) + "\n")
+    edited = recipes.load_problems("gsm8k", str(tmp_path), 0, 10, str(path))
+    assert data.data_digest(edited[0] + edited[1]) != data.data_digest(train + val)
