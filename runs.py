@@ -12,14 +12,17 @@ used, so a damaged one is named with what is wrong instead of failing deep insid
     runs.check_resume("runs/x", vars(args), args.stop_after)   # None, or why --resume cannot continue
 """
 
+import atexit
 import hashlib
 import json
 import os
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import tempfile
+import time
 
 import torch
 from transformers import AutoConfig
@@ -41,13 +44,16 @@ def cache_path(name, settings, cache_dir=None):
 
 
 def unwritable(folder):
-    """Why nothing can be written in `folder` (made if missing), or None. For the scripts' parsers: an output or
-    cache folder is proven writable before minutes of work whose result would go there. Root ignores
-    permission bits, so this writes a file rather than asking os.access."""
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        return "a file of that name is in the way"
+    """Why nothing can be written in `folder`, or None. For the parsers: an output or cache folder is proven
+    writable before minutes of work whose result would go there. Nothing is created: a missing folder is judged
+    by its nearest existing parent (where it would be made), so parsing a command leaves no empty folders behind.
+    Root ignores permission bits, so this writes a file rather than asking os.access."""
+    folder = os.path.abspath(folder)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        return f"{folder} is a file, in the way of a folder"
     try:
-        os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
@@ -133,19 +139,55 @@ def reuse_cached(path, what):
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(path, lm, tok, state=None, weights=None, keep_previous=False):
-    """A plain Hugging Face folder (+ trainer_state.pt), written to a temp folder then renamed: atomic.
-    weights: the full state dict gathered from FSDP shards (None: lm's own).
+def nonfinite(tensors):
+    """The name of the first floating-point tensor of a {name: tensor} dict that holds NaN or inf, or None."""
+    return next((k for k, t in tensors.items() if torch.is_tensor(t) and t.is_floating_point()
+                 and not torch.isfinite(t).all()), None)
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+MANIFEST = "checkpoint.json"   # written last into a checkpoint folder: the run's id, its step, every file's sha256
+
+
+def save_checkpoint(path, lm, tok, state=None, weights=None, keep_previous=False, run_id=None):
+    """A plain Hugging Face folder (+ trainer_state.pt, + checkpoint.json), written to a temp folder then renamed:
+    atomic. weights: the full state dict gathered from FSDP shards (None: lm's own).
+
+    checkpoint.json is written last: the run's id (--resume refuses another run's checkpoint) and the sha256 of every
+    file (checked when a run resumes from it or evaluate.py loads it: flipped bytes are named, not trained on).
+    Weights that are not finite are never written, so they can never rotate over a healthy checkpoint.
 
     keep_previous: the checkpoint this one replaces stays as <path>.prev (the one before it is deleted), so that
     --resume has a complete checkpoint to fall back to when <path> is lost or damaged; it costs a second copy.
+    A kill between the two renames below leaves <path>.tmp complete (its checkpoint.json is there) and <path>
+    missing: recover() puts it in place before the folder is read again.
     """
+    bad = nonfinite(weights if weights is not None else lm.state_dict())
+    if bad:
+        raise SystemExit(f"the weights are not finite ({bad} holds NaN or inf): not writing {path}, which keeps "
+                         f"the last healthy checkpoint; resume from it with a lower --lr or --grad_clip")
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    lm.save_pretrained(tmp, state_dict=weights)
-    tok.save_pretrained(tmp)
-    if state is not None:
-        torch.save(state, os.path.join(tmp, "trainer_state.pt"))
+    try:
+        lm.save_pretrained(tmp, state_dict=weights)
+        tok.save_pretrained(tmp)
+        if state is not None:
+            torch.save(state, os.path.join(tmp, "trainer_state.pt"))
+        files = sorted(f for f in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, f)))
+        manifest = dict(run_id=run_id, step=(state or {}).get("step"), sha256={f: sha256(os.path.join(tmp, f))
+                                                                                  for f in files})
+        with open(os.path.join(tmp, MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=1)
+    except (OSError, RuntimeError) as e:   # torch.save reports a full disk as "[enforce fail ...] unexpected pos"
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free / 2 ** 30
+        raise SystemExit(f"cannot write the checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                         f"{free:.1f} GiB free there. Nothing half-written is left and the previous checkpoint "
+                         "is kept: free space (or fix the permissions) and continue with --resume") from None
     old = path + (".prev" if keep_previous else ".old")
     if os.path.exists(path):
         if keep_previous and checkpoint_problem(path):   # damaged (a resume went past it): no fallback, drop it
@@ -158,15 +200,29 @@ def save_checkpoint(path, lm, tok, state=None, weights=None, keep_previous=False
         shutil.rmtree(old, ignore_errors=True)
 
 
+def recover(path):
+    """Finish a save_checkpoint that a kill cut between its two renames: <path> is missing while <path>.tmp is
+    complete (its checkpoint.json, written last, is there) or the previous <path>.old is. Rank 0, before reading."""
+    if os.path.exists(path):
+        return
+    for candidate in (path + ".tmp", path + ".old"):
+        if os.path.isfile(os.path.join(candidate, MANIFEST)) and not folder_problem(candidate):
+            os.replace(candidate, path)
+            print(f"{path} was missing (a save was interrupted): restored it from {candidate}", flush=True)
+            return
+
+
 def checkpoints(out):
     """Where --resume looks, newest first: last/, then the one before it (save_checkpoint's keep_previous)."""
     last = os.path.join(out, "last")
     return [last, last + ".prev"]
 
 
-def checkpoint_problem(folder):
-    """Why `folder` is not a complete resumable checkpoint, or None. Reads headers and the trainer state's
-    small fields only (tensors memory-mapped, not read), so the parser can afford it."""
+def checkpoint_problem(folder, run_id=None, verify=False):
+    """Why `folder` is not a complete resumable checkpoint of the run `run_id` (None: any run), or None. Cheap by
+    default (headers and the trainer state's small fields; tensors memory-mapped, not read), so the parser can
+    afford it; verify=True also reads every byte: each file against checkpoint.json's sha256, and the weights and
+    optimizer state for NaN or inf (what resuming from it would train on)."""
     problem = folder_problem(folder, extra=("trainer_state.pt",))
     if problem:
         return problem
@@ -175,10 +231,53 @@ def checkpoint_problem(folder):
     except (OSError, ValueError) as e:   # JSON, but not a model's configuration
         return f"config.json: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
     try:
-        torch.load(os.path.join(folder, "trainer_state.pt"), mmap=True, weights_only=False)["step"]
+        state = torch.load(os.path.join(folder, "trainer_state.pt"), mmap=True, weights_only=False)
+        state["step"]
     except Exception as e:   # noqa: BLE001 - any failure to read it (truncated zip, bad pickle, no key) = unusable
         return f"trainer_state.pt cannot be read ({type(e).__name__}: {str(e).split('. ')[0][:200]})"
+    manifest = read_manifest(folder)
+    if run_id and manifest.get("run_id") and manifest["run_id"] != run_id:
+        return f"it belongs to another run (run id {manifest['run_id']}; this folder's config.json has {run_id})"
+    if verify:
+        return content_problem(folder, manifest) or \
+            (f"trainer_state.pt holds NaN or inf ({bad})" if (bad := nonfinite(flatten(state))) else None)
     return None
+
+
+def read_manifest(folder):
+    """checkpoint.json as a dict ({} for a folder saved before checksums existed, or not by save_checkpoint)."""
+    try:
+        with open(os.path.join(folder, MANIFEST)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def content_problem(folder, manifest=None):
+    """Why the bytes of a Hugging Face folder cannot be trusted, or None: a file whose sha256 is not the one
+    checkpoint.json recorded (a model folder without one, e.g. a hub download, is not checked for that), or
+    weights that hold NaN or inf. Reads every weight: for evaluate.py's and --resume's one load, not the parser."""
+    from safetensors import safe_open
+    manifest = read_manifest(folder) if manifest is None else manifest
+    for name, digest in manifest.get("sha256", {}).items():
+        if not os.path.isfile(os.path.join(folder, name)):
+            return f"{name} is missing (checkpoint.json lists it)"
+        if sha256(os.path.join(folder, name)) != digest:
+            return f"{name} does not match its sha256 in checkpoint.json (changed after it was written)"
+    for name in sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")):
+        with safe_open(os.path.join(folder, name), "pt") as f:
+            bad = next((k for k in f.keys() if nonfinite({k: f.get_tensor(k)})), None)
+        if bad:
+            return f"{name}: {bad} holds NaN or inf"
+    return None
+
+
+def flatten(tree, prefix=""):
+    """{path: tensor} of every tensor in nested dicts / lists (the optimizer state inside trainer_state.pt)."""
+    if torch.is_tensor(tree):
+        return {prefix: tree}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else []
+    return {k: v for key, sub in items for k, v in flatten(sub, f"{prefix}/{key}").items()}
 
 
 # ------------------------------------------------------------------------------------------------ resume
@@ -189,6 +288,7 @@ def checkpoint_problem(folder):
 # before and after would measure different things and best/ compares them.
 RESUME_MAY_CHANGE = {
     "resume": "asks for this",
+    "overwrite": "how the run's folder was claimed at its start, not what it trains",
     "out": "names the run folder that holds this config.json",
     "val_every": "when to validate: which steps may become best/, not the updates",
     "save_every": "when to write last/",
@@ -201,8 +301,8 @@ RESUME_MAY_CHANGE = {
 
 def check_resume(out, settings, stop_after):
     """Why `--resume` cannot continue the run in `out` with these settings (the parsed flags, by name), or None:
-    no config.json, settings that differ from it (other than RESUME_MAY_CHANGE), no complete checkpoint, or a
-    --stop_after the checkpoint has already passed."""
+    no config.json, settings that differ from it (other than RESUME_MAY_CHANGE), no complete checkpoint of this
+    run, or a --stop_after the checkpoint has already passed."""
     path = os.path.join(out, "config.json")
     try:
         with open(path) as f:
@@ -215,11 +315,11 @@ def check_resume(out, settings, stop_after):
         return (f"--resume: {', '.join(changed)}: these would change the run in {out}; resume with its "
                 f"settings (config.json), or start a new run with another --out. A resume may change "
                 f"{', '.join('--' + k for k in RESUME_MAY_CHANGE if k not in ('resume', 'out'))}")
-    problems = {c: checkpoint_problem(c) for c in checkpoints(out)}
+    problems = {c: checkpoint_problem(c, run.get("run_id")) for c in checkpoints(out)}
     usable = [c for c, problem in problems.items() if problem is None]
     if not usable:
         why = "; ".join(f"{c}: {problem}" for c, problem in problems.items())
-        return f"--resume: no complete checkpoint in {out} ({why}); start again without --resume"
+        return f"--resume: no complete checkpoint of this run in {out} ({why}); start again without --resume"
     step = torch.load(os.path.join(usable[0], "trainer_state.pt"), mmap=True, weights_only=False)["step"]
     if stop_after is not None and stop_after <= step:
         return (f"--stop_after {stop_after}: the checkpoint {usable[0]} is at step {step} already; pass a "
@@ -227,26 +327,196 @@ def check_resume(out, settings, stop_after):
     return None
 
 
-def resume_checkpoint(out, rank0):
-    """The newest complete checkpoint of `out`: last/, else last.prev/ (a damaged or missing last/ is named and
-    skipped). check_resume, in the parser, has made sure there is one."""
+def resume_checkpoint(out, rank, world):
+    """The newest complete checkpoint of `out`'s run: last/, else last.prev/; every byte checked (checkpoint.json's
+    sha256, finite weights and optimizer state), and a damaged one named and skipped. check_resume, in the parser,
+    has made sure one looks complete. Rank 0 first finishes a save that a kill interrupted (recover)."""
+    if rank == 0:
+        for name in ("last", "best"):
+            recover(os.path.join(out, name))
+    runtime.barrier(world)
+    rid = run_id(out)
     for folder in checkpoints(out):
-        problem = checkpoint_problem(folder)
+        problem = checkpoint_problem(folder, rid, verify=True)
         if problem is None:
             return folder
-        if rank0:
+        if rank == 0:
             print(f"--resume: skipping {folder}, it cannot be loaded ({problem}); continuing from the checkpoint "
                   "before it", flush=True)
-    raise SystemExit(f"--resume: no complete checkpoint in {out} any more; start again without --resume")
+    raise SystemExit(f"--resume: no usable checkpoint in {out} any more; start again with --overwrite or a new --out")
 
 
 def trim_logs(out, step):
     """--resume: the log lines of the steps after the checkpoint's (the killed run's tail) are dropped, since they
-    are redone."""
+    are redone; so is a line a kill cut in half (it can only be the last), said in one line."""
     for name in ("metrics.jsonl", "samples.jsonl"):
         log = os.path.join(out, name)
-        keep = [x for x in open(log) if json.loads(x)["step"] <= step] if os.path.exists(log) else []
+        keep = []
+        for i, line in enumerate(open(log) if os.path.exists(log) else [], 1):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                print(f"{log}: line {i} is not complete JSON (a kill mid-write): dropped", flush=True)
+                continue
+            if row["step"] <= step:
+                keep.append(line)
         open(log, "w").writelines(keep)
+
+
+def run_id(out):
+    """The id of the run in `out` (config.json; None for a run made before ids existed)."""
+    return json.load(open(os.path.join(out, "config.json"))).get("run_id")
+
+
+def check_data(out, data_sha256):
+    """--resume: the problems must be the run's own. An edited data file would change the training and validation
+    sets under the same config.json (and best/ would compare validations of two sets): refused, in one line."""
+    recorded = json.load(open(os.path.join(out, "config.json"))).get("data_sha256")
+    if recorded and recorded != data_sha256:
+        raise SystemExit(f"--resume: the training and validation problems are not the ones the run in {out} started "
+                         f"with (data digest {data_sha256}, config.json has {recorded}); the data file changed. "
+                         "Restore it, or start a new run with another --out")
+
+
+def record_resume(out, settings, world, step):
+    """config.json is the run's start and is never rewritten; each resume appends what it changed (flags of
+    RESUME_MAY_CHANGE, the process count) to <out>/resumes.jsonl, and says so when the process count changed:
+    the update is the same, but each rank draws its own noise (recipes.rollout_seed), so the steps from here on are
+    not those an uninterrupted run would have taken."""
+    run = json.load(open(os.path.join(out, "config.json")))
+    changed = {k: [run[k], settings[k]] for k in RESUME_MAY_CHANGE
+               if k not in ("resume", "out") and k in run and run[k] != settings[k]}
+    if run.get("world_size", world) != world:
+        changed["world_size"] = [run["world_size"], world]
+        print(f"resuming a {run['world_size']}-process run on {world}: the same update, other noise draws from "
+              f"step {step + 1} on (recorded in {out}/resumes.jsonl)", flush=True)
+    with open(os.path.join(out, "resumes.jsonl"), "a") as f:
+        f.write(json.dumps(dict(step=step, time=time.strftime("%Y-%m-%dT%H:%M:%S"), host=socket.gethostname(),
+                                changed=changed)) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ one run a folder
+STATE = ("config.json", "metrics.jsonl", "samples.jsonl", "resumes.jsonl", "best", "best.tmp", "best.old", "last",
+         "last.tmp", "last.prev")   # what a run writes into --out; anything else there (your notes) is left alone
+
+
+def model_folder_above(out):
+    """The model folder that `out` is or lies inside (weights, or a config.json with a model_type), or None: a run
+    writing there would replace the model's own config.json."""
+    folder = os.path.abspath(out)
+    while True:
+        if any(os.path.isfile(os.path.join(folder, f)) for f in
+               ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")):
+            return folder
+        try:
+            with open(os.path.join(folder, "config.json")) as f:
+                if "model_type" in json.load(f):
+                    return folder
+        except (OSError, ValueError, TypeError):
+            pass
+        if os.path.dirname(folder) == folder:
+            return None
+        folder = os.path.dirname(folder)
+
+
+def fresh_run_problem(out, overwrite):
+    """Why a new run (no --resume) may not start in `out`, or None. A folder with a run's state in it belongs to
+    that run: starting another there would replace its checkpoints and config.json, and a later --resume would mix
+    the two. --overwrite says the old run may go (main removes its state, nothing else)."""
+    model = model_folder_above(out)
+    if model:
+        return f"--out {out}: {'it is' if model == os.path.abspath(out) else 'it is inside'} the model folder " \
+               f"{model}; a run writes its own config.json there. Pass another --out"
+    there = [name for name in STATE if os.path.exists(os.path.join(out, name))]
+    if there and not overwrite:
+        return (f"--out {out} holds a run already ({', '.join(there)}): continue it with --resume, start this one "
+                "in another --out, or pass --overwrite to replace it")
+    return None
+
+
+def out_problem(out, settings, rank0=True):
+    """Why this run may not use the folder `out`, or None (train.py's parser, before anything is written). The
+    folder belongs to one run: a live run's lock refuses it (on rank 0 only: the other ranks of one torchrun may
+    parse after rank 0 took the lock); --resume must find a run it can continue (check_resume), a new run an
+    empty folder or --overwrite (fresh_run_problem); and it must be writable."""
+    problem = (lock_problem(out) if rank0 else None) or \
+        (check_resume(out, settings, settings["stop_after"]) if settings["resume"] else
+         fresh_run_problem(out, settings["overwrite"]))
+    if problem:
+        return problem
+    problem = unwritable(out)
+    return f"--out {out}: cannot write there ({problem}); pass a folder you can write" if problem else None
+
+
+def clear_run(out):
+    """--overwrite: remove the previous run's state from `out` (STATE), nothing else."""
+    for name in STATE:
+        path = os.path.join(out, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path) if os.path.exists(path) else None
+
+
+LOCK = "run.lock"
+
+
+def lock_problem(out):
+    """Why `out` is in use by another live run (its run.lock names a process that is still running), or None. A
+    lock left by a process that died (SIGKILL, a crash) is stale, and claim_run takes it over."""
+    try:
+        with open(os.path.join(out, LOCK)) as f:
+            owner = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if owner.get("host") == socket.gethostname() and (owner["pid"] == os.getpid() or not alive(owner["pid"])):
+        return None
+    return (f"--out {out}: another run (pid {owner['pid']} on {owner.get('host')}, since {owner.get('since')}) is "
+            f"writing there; wait for it or pass another --out (if that run is gone, delete {out}/{LOCK})")
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # someone else's process: alive
+        pass
+    return True
+
+
+def new_run_id():
+    """A new run's id: its start time and rank 0's pid (unique on a host, and readable in a listing)."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+def claim_run(out, overwrite=False):
+    """Rank 0, at the start of main: <out>/run.lock with this process's pid and host, so that a second run into the
+    same folder is refused (lock_problem) instead of interleaving its logs with this one's. Created with O_EXCL, so
+    of two runs started at once one gets it. Removed at exit (atexit: a normal end, an exception, the exit after
+    SIGTERM); a SIGKILL leaves it stale, and the next run takes it over. overwrite: then clear the old run's state."""
+    os.makedirs(out, exist_ok=True)
+    lock = os.path.join(out, LOCK)
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            problem = lock_problem(out)
+            if problem:
+                raise SystemExit(problem) from None
+            os.remove(lock)   # stale: its process is gone
+    with os.fdopen(fd, "w") as f:
+        json.dump(dict(pid=os.getpid(), host=socket.gethostname(), since=time.strftime("%Y-%m-%dT%H:%M:%S")), f)
+    atexit.register(release_run, out)
+    if overwrite:   # the lock is ours: nothing else writes here while the old run's state goes
+        clear_run(out)
+
+
+def release_run(out):
+    lock = os.path.join(out, LOCK)
+    try:
+        if json.load(open(lock))["pid"] == os.getpid():
+            os.remove(lock)
+    except (OSError, ValueError, KeyError):
+        pass
 
 
 def resume_command(argv, world):
@@ -260,24 +530,40 @@ def resume_command(argv, world):
     return " ".join([launcher] + [shlex.quote(a) for a in argv] + ([] if "--resume" in argv else ["--resume"]))
 
 
-def catch_ctrl_c(world, device):
-    """Ctrl-C in the training loop: returns stop(), true once Ctrl-C was pressed (on any rank, under DDP).
+def catch_stop_signals(world, device):
+    """Ctrl-C (SIGINT) and SIGTERM (preemption, scancel, a dying torchrun launcher) in the training loop: returns
+    stop(), the signal that asks this step to be the last (on any rank, under DDP), or 0.
 
-    The first Ctrl-C only sets a flag: the step in progress ends (an optimiser update cut in half would leave
-    nothing worth saving), last/ is saved and the --resume command printed. The handler then puts Python's own
-    back, so a second Ctrl-C raises KeyboardInterrupt at once, without saving.
+    The signal only sets a flag: the step in progress ends (an optimiser update cut in half would leave nothing
+    worth saving), last/ is saved, the --resume command printed, and the run exits with 130 (SIGINT) or 143
+    (SIGTERM), the shell's codes. After the first Ctrl-C Python's own handler is back, so a second one quits at
+    once without saving. A scheduler's grace period must cover one step and one save: torchrun kills its workers
+    30 s after forwarding SIGTERM, Slurm after KillWait.
     """
-    pressed = []
+    caught = {signal.SIGINT: 0, signal.SIGTERM: 0}
 
     def handler(signum, frame):
-        pressed.append(signum)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        print("\nCtrl-C: finishing this step, then saving last/ (Ctrl-C again: quit now, without saving)",
+        caught[signum] += 1
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving last/" +
+              (" (Ctrl-C again: quit now, without saving)" if signum == signal.SIGINT else ""),
               file=sys.stderr, flush=True)
 
     signal.signal(signal.SIGINT, handler)
-    # every rank must stop after the same step, or the others would wait for it in the next collective
-    return lambda: runtime.all_sum(torch.tensor([float(len(pressed))], device=device), world).item() > 0
+    signal.signal(signal.SIGTERM, handler)
+
+    def stop():   # every rank must stop after the same step, or the others would wait for it in the next collective
+        n_int, n_term = runtime.all_sum(torch.tensor([float(caught[signal.SIGINT]), float(caught[signal.SIGTERM])],
+                                                     device=device), world).tolist()
+        return signal.SIGTERM if n_term else signal.SIGINT if n_int else 0
+    return stop
+
+
+def restore_signals():
+    """Python's own handlers again (notebooks and tests call main() more than once in a process)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run_summary(out, seconds, steps):

@@ -13,6 +13,8 @@ the same code. The precision policy is ours (the paper states none); docs/decisi
 """
 
 import os
+import signal
+import sys
 from contextlib import nullcontext
 
 import torch
@@ -28,12 +30,26 @@ def setup_distributed():
     Returns (rank, world size, device)."""
     if int(os.environ.get("RANK", -1)) == -1:
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    orphan_gets_sigterm()
     cuda = torch.cuda.is_available()
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     local = int(os.environ["LOCAL_RANK"])
     if cuda:
         torch.cuda.set_device(local)
     return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if cuda else "cpu")
+
+
+def orphan_gets_sigterm():
+    """A torchrun worker whose launcher dies (SIGKILL, OOM killer) would train on as an orphan into the same run
+    folder. Linux's PR_SET_PDEATHSIG sends it SIGTERM when its parent goes, and SIGTERM saves and exits (runs.py).
+    Elsewhere nothing is set (no such call), and that case stays unhandled."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:   # the launcher died before the call: the signal will never come
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def all_sum(t, world):

@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import data
 import memory
 import recipes
 import rewards
@@ -83,6 +84,8 @@ def parse_args(argv=None):
     g.add_argument("--val_cot_tokens", type=int, help="CoT cap at validation (512 in the paper's evaluation)")
     g.add_argument("--out", default=None, help="run folder (default runs/<recipe>-<mode>-s<seed>)")
     g.add_argument("--resume", action="store_true", help="continue from <out>/last")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --out that holds one, removing that run's checkpoints and logs")
     g.add_argument("--save_every", type=int, default=50, help="write <out>/last every this many steps")
     g.add_argument("--stop_after", type=int, default=None,
                    help="pause after this step (saving <out>/last); --resume continues the same schedule")
@@ -165,32 +168,33 @@ def validate_args(p, args):
         need(args.dataset != "toy", "data_path", "the toy dataset is generated and reads no file; to train on "
              "a GSM8K-schema file pass --dataset gsm8k --data_path FILE")
         need(os.path.isfile(args.data_path), "data_path", "no such file; pass a local json/jsonl/parquet file")
-    if args.resume:
-        problem = runs.check_resume(args.out, vars(args), args.stop_after)
-        if problem:
-            p.error(problem)
-    problem = runs.unwritable(args.out)
+    need(not (args.resume and args.overwrite), "overwrite", "--resume continues the run in --out, --overwrite "
+         "replaces it: pass one of them")
+    problem = runs.out_problem(args.out, vars(args), rank0=int(os.environ.get("RANK", 0)) == 0)
     if problem:
-        p.error(f"--out {args.out}: cannot write there ({problem}); pass a folder you can write")
-    shipped = args.model in toy.WORLDS and toy.shipped_world(args.model, args.seed)
-    if (args.model in toy.WORLDS or args.model == "smol") and not shipped:   # made or converted into the cache
-        problem = runs.unwritable(runs.cache_root())
-        if problem:
-            p.error(f"--model {args.model} is made once in {runs.cache_root()}, which cannot be written ({problem}); "
-                    "set SOFTCOT_CACHE to a writable folder")
+        p.error(problem)
+    problem = recipes.cache_problem(args.model, args.seed)
+    if problem:
+        p.error(problem)
 
 
 # ------------------------------------------------------------------------------------------------ set-up
-def prepare_model(args, rank, world, device):
-    """The memory plan, printed and checked before any weight is read, then the model (runtime.load_model's four).
-    A resumed run loads its newest complete checkpoint; a new one the --model (made first for the toy worlds)."""
-    path = runs.resume_checkpoint(args.out, rank == 0) if args.resume else \
+def prepare_model(args, rank, world, device, train_rows, val):
+    """The memory plan and every prompt's length, checked before any weight is read, then the model
+    (runtime.load_model's four). A resumed run loads its newest complete checkpoint; a new one the --model (made
+    first for the toy worlds)."""
+    path = runs.resume_checkpoint(args.out, rank, world) if args.resume else \
         recipes.model_path(args.model, args.seed, rank, world)
-    plan = memory.plan(runtime.load_config(path), args, world, device)   # the config only: no weights read yet
+    config = runtime.load_config(path)
+    plan = memory.plan(config, args, world, device)   # the config only: no weights read yet
     if rank == 0:
         print(memory.describe(plan))
     if plan["total"] > plan["device"]:
         raise SystemExit(memory.advice(plan, args))
+    tok, n = runtime.load_tokenizer(path), getattr(config, "max_position_embeddings", None)
+    for rows, cot in ((train_rows, args.max_cot_tokens), (val, args.val_cot_tokens)):   # a rollout must fit
+        if problem := recipes.check_prompt_lengths(rows, tok, args.prompt, cot, args.max_answer_tokens, n):
+            raise SystemExit(problem)
     return path, *runtime.load_model(path, device, rank, world, dtype=args.dtype, compute_dtype=args.compute_dtype,
                                      fsdp=args.fsdp, grad_ckpt=args.grad_ckpt)
 
@@ -218,8 +222,10 @@ def restore(args, path, scorer, opt, sched, rank0):
     return st["step"], st["best"], st["skipped"], st["sigma"]
 
 
-def describe_run(args, world, sigma, n_train, n_val):
-    """Rank 0: the settings on stdout and in <out>/config.json (what --resume checks against), the batch layout."""
+def describe_run(args, world, sigma, n_train, n_val, run_id, data_sha256):
+    """Rank 0: the settings and the batch layout on stdout; a new run's settings in <out>/config.json (what --resume
+    checks against), with its id (every checkpoint carries it) and its data's digest (a resume on edited data is
+    refused). config.json is never rewritten: a resume records what it changed in resumes.jsonl (runs.py)."""
     N = args.prompts_per_step * args.samples
     print(json.dumps(vars(args), indent=1))
     print(f"global batch: {args.prompts_per_step} prompts x {args.samples} samples = {N} sequences per step; "
@@ -228,8 +234,10 @@ def describe_run(args, world, sigma, n_train, n_val):
           f"{n_train} training problems, {n_val} validation")
     if args.fsdp and world == 1:
         print("--fsdp on one process: nothing to shard; running it anyway (the code path of 8 GPUs)")
-    with open(os.path.join(args.out, "config.json"), "w") as f:
-        json.dump(vars(args) | {"sigma": sigma, "world_size": world}, f, indent=1)
+    if not args.resume:
+        with open(os.path.join(args.out, "config.json"), "w") as f:
+            json.dump(vars(args) | dict(sigma=sigma, world_size=world, run_id=run_id, data_sha256=data_sha256), f,
+                      indent=1)
 
 
 # ------------------------------------------------------------------------------------------------ one step
@@ -313,12 +321,12 @@ def validate(args, model, tok, val, rank, world, ctx=nullcontext()):
 
 
 # ------------------------------------------------------------------------------------------------ run folder
-def save_best(args, model, scorer, opt, tok, rank0, logs=None):
+def save_best(args, model, scorer, opt, tok, rank0, run_id, logs=None):
     """<out>/best: the weights only (every rank gathers under FSDP; rank 0 writes). logs: start metrics.jsonl and
     samples.jsonl afresh with this line (the base model's validation)."""
     weights, _ = runtime.gather_state(scorer, opt, args.fsdp, with_optimizer=False)
     if rank0:
-        runs.save_checkpoint(os.path.join(args.out, "best"), model, tok, weights=weights)
+        runs.save_checkpoint(os.path.join(args.out, "best"), model, tok, weights=weights, run_id=run_id)
         if logs is not None:
             open(os.path.join(args.out, "metrics.jsonl"), "w").write(json.dumps(logs) + "\n")
             open(os.path.join(args.out, "samples.jsonl"), "w").close()
@@ -329,7 +337,7 @@ def save_last(args, model, scorer, opt, tok, rank0, state):
     weights, opt_state = runtime.gather_state(scorer, opt, args.fsdp, with_optimizer=True)
     if rank0:
         runs.save_checkpoint(os.path.join(args.out, "last"), model, tok, dict(optimizer=opt_state) | state,
-                             weights=weights, keep_previous=True)
+                             weights=weights, keep_previous=True, run_id=state["run_id"])
 
 
 def log_step(args, m, sample, bar, best):
@@ -347,6 +355,8 @@ def log_step(args, m, sample, bar, best):
 def main(argv=None):
     t_start = time.time()
     args = parse_args(argv)
+    if int(os.environ.get("RANK", 0)) == 0:   # --out is this run's until it exits (runs.claim_run)
+        runs.claim_run(args.out, args.overwrite)
     rank, world, device = runtime.setup_distributed()
     if device.type == "cpu":
         # The backward of E[ids] (index_put with accumulate) adds rows in thread order on CPU: with 2 threads two
@@ -355,27 +365,37 @@ def main(argv=None):
     rank0 = rank == 0
     print0 = print if rank0 else (lambda *a, **k: None)
     torch.manual_seed(args.seed)
-    path, model, scorer, rollout_lm, tok = prepare_model(args, rank, world, device)
+    try:   # the data first: a bad file ends the run in one line before any model is loaded
+        train_rows, val = recipes.load_problems(args.dataset, args.out, args.seed, args.val_size, args.data_path,
+                                                args.prompts_per_step)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    data_sha256 = data.data_digest(train_rows + val)
+    if args.resume:
+        runs.check_data(args.out, data_sha256)
+    path, model, scorer, rollout_lm, tok = prepare_model(args, rank, world, device, train_rows, val)
     ctx = runtime.compute_context(device, runtime.dtypes(args.dtype, args.compute_dtype, device)[1], args.fsdp)
-    train_rows, val = recipes.load_problems(args.dataset, args.out, args.seed, args.val_size, args.data_path)
+    run_id = runs.run_id(args.out) if args.resume else runs.new_run_id()   # only rank 0's is ever written
     opt, sched = make_optimizer(args, model)
     # sigma once, from the base model (the rollout model: under FSDP the only one with the whole of E on each rank)
     sigma = softcot.noise_sigma(rollout_lm, args.gamma) if args.mode != "hard" else 0.0
     start, best, skipped = 0, -1.0, 0
     if args.resume:
         start, best, skipped, sigma = restore(args, path, scorer, opt, sched, rank0)
+        if rank0:
+            runs.record_resume(args.out, vars(args), world, start)
     N = args.prompts_per_step * args.samples
     rows_mine = rloo.rank_slice(N, rank, world)                                    # this rank's rows of the N
     last_dir, best_dir = os.path.join(args.out, "last"), os.path.join(args.out, "best")
     if rank0:
-        describe_run(args, world, sigma, len(train_rows), len(val))
+        describe_run(args, world, sigma, len(train_rows), len(val), run_id, data_sha256)
     if start == 0:   # the base model's validation: the bar to beat, and best/ until something beats it
         best = validate(args, rollout_lm, tok, val, rank, world, ctx)
         print0(f"step 0 (base model): greedy validation accuracy {best:.3f}")
-        save_best(args, model, scorer, opt, tok, rank0, logs={"step": 0, "val_acc": best})
+        save_best(args, model, scorer, opt, tok, rank0, run_id, logs={"step": 0, "val_acc": best})
 
-    ctrl_c = runs.catch_ctrl_c(world, device)
-    last_step = start   # the last step this process ran: the summary's count (a pause ends before --steps)
+    stop_signal = runs.catch_stop_signals(world, device)
+    last_step, stop = start, 0   # the last step this process ran (the summary's count); the signal that ended it
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not rank0, dynamic_ncols=True)
     for step in bar:
         t0 = time.time()
@@ -409,38 +429,39 @@ def main(argv=None):
         if (step + 1) % args.val_every == 0 or step + 1 == args.steps:
             m["val_acc"] = validate(args, rollout_lm, tok, val, rank, world, ctx)
             if m["val_acc"] > best:
-                save_best(args, model, scorer, opt, tok, rank0)
+                save_best(args, model, scorer, opt, tok, rank0, run_id)
             best = m["val_best"] = max(best, m["val_acc"])
         if rank0:
             log_step(args, m, dict(prompt=prompts[0], cot=ro.cot_text[0], answer=ro.answer_text[0],
                                    reward=sc.rewards[0], gold=golds[0], stop=ro.stop_reason[0]), bar, best)
-        stop = ctrl_c()
+        stop = stop_signal()
         last_step = step + 1
         pause = step + 1 == args.stop_after or stop
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps or pause:
             save_last(args, model, scorer, opt, tok, rank0,
-                      dict(scheduler=sched.state_dict(), step=step + 1, best=best, skipped=skipped, sigma=sigma))
+                      dict(scheduler=sched.state_dict(), step=step + 1, best=best, skipped=skipped, sigma=sigma,
+                           run_id=run_id))
         runtime.barrier(world)   # the other ranks wait for rank 0's checkpoint: a kill never finds them a step ahead
         if pause:
-            print0(f"{'stopped by Ctrl-C' if stop else 'paused'} after step {step + 1}, saved in {last_dir}; "
-                   f"continue with:\n  {runs.resume_command(argv, world)}", flush=True)
-            if stop:
-                raise KeyboardInterrupt
+            print0(f"{'stopped by ' + signal.Signals(stop).name if stop else 'paused'} after step {step + 1}, "
+                   f"saved in {last_dir}; continue with:\n  {runs.resume_command(argv, world)}", flush=True)
             break
-    signal.signal(signal.SIGINT, signal.default_int_handler)   # Python's own again (notebooks call main())
+    runs.restore_signals()
     if rank0:
         print(runs.run_summary(args.out, time.time() - t_start, last_step - start) +
               f"; {skipped} skipped updates; best checkpoint in {best_dir}", flush=True)
+        runs.release_run(args.out)
     if world > 1:
-        # DDP's C++ Reducer holds a reference to the process group. Freed after destroy_process_group (when
-        # main returns), it would drop the last reference while holding the GIL, and gloo's destructor waits
-        # for its worker threads, which may need the GIL to free their last work: rank 0 hung there once in the
-        # tests (its stack: Reducer dealloc -> ~ProcessGroupGloo -> thread join). Freed first, the last reference
-        # is destroy_process_group's, which releases the GIL while the threads stop. FSDP2's modules and the
-        # optimizer's sharded state hold it too; the barrier keeps a rank from tearing gloo down under the other.
+        # DDP's Reducer, FSDP2's modules and the sharded optimizer state hold the process group: freed after it,
+        # gloo's destructor waited for its threads under the GIL (a hang, once) or aborted at exit (once). Freed
+        # first, and with both ranks at the barrier, destroy_process_group is the last reference.
         del model, scorer, rollout_lm, opt, sched
         dist.barrier()
         dist.destroy_process_group()
+    if stop == signal.SIGINT:
+        raise KeyboardInterrupt   # exit 130 below
+    if stop == signal.SIGTERM:
+        sys.exit(128 + signal.SIGTERM)   # 143: the shell's code for "terminated", after the save
 
 
 if __name__ == "__main__":

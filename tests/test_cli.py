@@ -21,6 +21,7 @@ import torch
 
 import bench
 import evaluate
+import gradsignal
 import runs
 import smol
 import toy
@@ -153,6 +154,11 @@ def test_unwritable_cache_is_refused_before_the_base_model_is_made(where, monkey
     assert train.parse_args(argv).model == "toy-calibrated"          # shipped for seed 0
     assert "SOFTCOT_CACHE" in refused("train", argv + ["--seed", "1"], capsys)
     assert SCRIPTS["evaluate"].parse_args(["--recipe", "tiny", "--model", "toy-calibrated"]).model == ["toy-calibrated"]
+    # evaluate.py and gradsignal.py made the base model for minutes and then failed to write it
+    assert "SOFTCOT_CACHE" in refused("evaluate", ["--recipe", "tiny", "--model", "toy", "--seed", "7"], capsys)
+    with pytest.raises(SystemExit) as e:
+        gradsignal.parse_args(["--recipe", "tiny", "--model", "toy", "--seed", "7"])
+    assert e.value.code == 2 and "SOFTCOT_CACHE" in capsys.readouterr().err
 
 
 def run_refused(cmd, flag, env=ENV):
@@ -302,7 +308,7 @@ def test_ctrl_c_saves_last_and_prints_the_resume_command(base, tmp_path):
 
 
 def test_second_ctrl_c_quits_at_once():
-    stop = runs.catch_ctrl_c(1, torch.device("cpu"))
+    stop = runs.catch_stop_signals(1, torch.device("cpu"))
     try:
         assert not stop()
         os.kill(os.getpid(), signal.SIGINT)                             # the first: only a flag
@@ -311,4 +317,4 @@ def test_second_ctrl_c_quits_at_once():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)                                               # (the signal lands here at the latest)
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        runs.restore_signals()

@@ -111,7 +111,7 @@ def test_the_code_writes_no_undocumented_metric():
 def test_metrics_md_names_the_run_folder_files():
     md = read("docs/metrics.md")
     for name in ("config.json", "metrics.jsonl", "samples.jsonl", "best/", "last/", "last.prev/", "toy_train.jsonl",
-                 "trainer_state.pt"):
+                 "trainer_state.pt", "resumes.jsonl", "run.lock", "checkpoint.json"):
         assert f"`{name}`" in md, name
     # toy_train.jsonl is the run's own copy of its problems: the file name must still be the code's
     assert any("toy_train.jsonl" in src for src in root_sources().values())
