@@ -40,6 +40,36 @@ profiles, OOD numbers), then rebuilds <out>/table.md from every results_*.json i
 method, same --out, and the table gets one row per label. --plots draws passk.png and entropy.png; --metrics
 draws training.png.
 
+Labels (default_label): --label, or from the --model paths. One checkpoint keeps its run's seed and its name,
+runs/tiny-fuzzy-s0/last -> tiny-fuzzy-s0-last (models/toy-slips-s0 -> toy-slips-s0, a hub name -> its last
+part), so seeds evaluated one at a time and best/ and last/ of one run get a file each. Several paths in one call
+are the seeds of one row and get their common name, the seed dropped: runs/tiny-fuzzy-s{0,1}/best ->
+tiny-fuzzy-best (names that still differ are joined by +). A results_<label>.json that holds another evaluation
+(other checkpoints, settings, OOD sets, or any flag it records: KEEP) is never replaced: the call stops before
+loading anything, naming the file; pass another --label, or --overwrite. The same evaluation may be rewritten.
+
+Nothing finished is lost: each part of a checkpoint's evaluation (its noise sigma, each setting, each OOD set) is
+written the moment it is done to <out>/cache/<checkpoint>.<part>.<digest>.json (beside, then renamed), and a call
+whose part has the same key reads it from there instead ("reusing <part> of <checkpoint> from <file>"): rerun an
+interrupted or failed command and it goes on where it stopped. The numbers are those of an uninterrupted run (a
+test checks), because every chunk's rollout draws from its own generator seeded by (--seed, setting, first
+problem), never from what ran before it. The key (part_keys) holds the --model value, its folder, every file's
+size and modification time there (a retrained or replaced checkpoint misses), the training run's sigma, the
+dtype and device type, and the flags that change the part's numbers: dataset, data file (size, mtime), prompt,
+seed, limit, batch, CoT and answer caps, and n and k for a sample setting. Not in it: the code (delete
+<out>/cache after changing evaluate.py, softcot.py or rewards.py), a hub model's or hub dataset's revision (a hub
+name is its name). The process count is not needed: it does not change the numbers. Deleting <out>/cache is
+always safe; it costs only the time to compute its parts again.
+
+Checks before a model runs: a --model folder that is cut short or damaged (runs.folder_problem: config and
+tokenizer JSON, safetensors lengths) is refused by the parser, naming it (exit code 2). After loading, before
+any rollout (tokenizer_problem): the tokenizer's len fits the embedding's rows; its bos, eos and pad ids and the
+generation config's eos ids lie inside it; its bos and eos ids are the ones config.json names; and, for a
+train.py checkpoint, its small files (tokenizer, configs) still have the sha256 checkpoint.json recorded at save
+time. Not detectable: a tokenizer of the same size and special ids whose ordinary tokens are in another order,
+when it was in the folder from the start (a folder without checkpoint.json, or a checkpoint saved with the wrong
+tokenizer); the model then reads other text than it learned and scores near 0% without an error.
+
 Reproducible: problems are cut into fixed chunks (--batch sequences each) and chunk j's rollout draws from a
 torch.Generator seeded by (--seed, setting, j's first problem); chunks go round-robin to the ranks and every
 per-problem number is all-reduced into its own slot. So a result depends on (checkpoint, --seed, --batch) and
@@ -48,6 +78,7 @@ not on the process count: `torchrun --nproc_per_node 2` gives exactly the one-pr
 
 import argparse
 import glob
+import hashlib
 import json
 import math
 import os
@@ -280,41 +311,182 @@ def training_sigma(path):
     return (sigma, config) if isinstance(sigma, (int, float)) and sigma > 0 else (None, None)
 
 
-def evaluate_checkpoint(args, model, tok, test, ood, rank, world, desc="", path=None):
+def evaluate_checkpoint(args, path, test, ood, rank, world, device, desc):
     """Everything for one checkpoint, as the dict saved in results_<label>.json (pass@k as fractions).
+
+    In parts: the noise sigma, each setting, each OOD set. A part whose key (part_keys) is in <out>/cache is read
+    from there, and said so; every other part is computed and written there the moment it is done, so an
+    interrupted call loses only the part it was in. The model is loaded only if some part is missing, and its
+    tokenizer is checked before the first rollout (tokenizer_problem).
 
     The "sample" settings' noise (Sec. 4): the sigma of the training run when `path` is a checkpoint of one
     (the paper's sample settings are the training variants, and a trained model's E, so its RMS, has moved),
     else 0.33 x RMS(E) of the evaluated model.
     """
-    t0 = time.time()
-    sigma, source = training_sigma(path) if path else (None, None)
-    source = f"the training run's, from {source}" if sigma else "0.33 x RMS(E) of this model"
-    sigma = sigma or softcot.noise_sigma(model)
+    folder = recipes.model_path(path, args.seed, rank, world)
+    keys = part_keys(args, path, folder, device)
+    files = {part: part_file(args.out, path, part, key) for part, key in keys.items()}
+    done = {part: cached(files[part], keys[part]) for part in keys} if rank == 0 else None
+    if world > 1:   # rank 0 alone reads the cache (the others may not see --out); every rank skips the same parts
+        box = [done]
+        dist.broadcast_object_list(box, src=0)
+        done = box[0]
+    done = {part: entry for part, entry in done.items() if entry is not None}
+    if rank == 0:
+        for part in done:
+            print(f"{desc}: reusing {part} of {path} from {files[part]}", flush=True)
+    if len(done) < len(keys):
+        model, tok = runtime.load_for_inference(folder, device, args.dtype)
+        problem = tokenizer_problem(folder, model, tok)
+        if problem:
+            raise SystemExit(f"--model {path}: {problem}")
+    if "sigma" not in done:
+        t0 = time.time()
+        sigma, source = training_sigma(path)
+        source = f"the training run's, from {source}" if sigma else "0.33 x RMS(E) of this model"
+        done["sigma"] = store(files["sigma"], keys["sigma"], dict(sigma=sigma or softcot.noise_sigma(model),
+                                                                 sigma_source=source), t0, rank)
+    sigma, source = done["sigma"]["value"]["sigma"], done["sigma"]["value"]["sigma_source"]
     if rank == 0 and any(softcot.SETTINGS[name][2] for name in args.settings):
         print(f"{desc}: sample settings' noise sigma = {sigma:.4g} ({source})", flush=True)
     out = dict(sigma=sigma, sigma_source=source, settings={}, correct={}, entropy={}, grader_errors={}, ood={})
     for name in args.settings:
-        G = args.samples if name.endswith("_sample") else 1
-        correct, profile, errors = run_setting(args, model, tok, test, name, sigma, G, rank, world, desc)
-        out["grader_errors"][name] = errors
-        ks = args.k if G > 1 else [1]
-        out["settings"][name] = {f"pass@{k}": statistics.fmean(pass_at_k(G, int(c), k) for c in correct)
-                                 for k in ks}
-        out["correct"][name] = [int(c) for c in correct]
-        out["entropy"][name] = profile
+        if name not in done:
+            t0 = time.time()
+            G = args.samples if name.endswith("_sample") else 1
+            correct, profile, errors = run_setting(args, model, tok, test, name, sigma, G, rank, world, desc)
+            ks = args.k if G > 1 else [1]
+            value = dict(settings={f"pass@{k}": statistics.fmean(pass_at_k(G, int(c), k) for c in correct) for k in ks},
+                         correct=[int(c) for c in correct], entropy=profile, grader_errors=errors)
+            done[name] = store(files[name], keys[name], value, t0, rank)
+        for section, value in done[name]["value"].items():   # one entry in each of out's per-setting sections
+            out[section][name] = value
     for name, items in ood.items():
-        correct, _, errors = run_setting(args, model, tok, items, "hard_greedy", 0.0, 1, rank, world,
-                                         f"{desc} {name}")
-        nll = run_nll(args, model, tok, items, rank, world, f"{desc} {name}")
-        out["ood"][name] = dict(accuracy=correct.mean().item(), nll=nll.mean().item(), problems=len(items),
-                                grader_errors=errors)
+        part = f"ood-{name}"
+        if part not in done:
+            t0 = time.time()
+            correct, _, errors = run_setting(args, model, tok, items, "hard_greedy", 0.0, 1, rank, world,
+                                             f"{desc} {name}")
+            nll = run_nll(args, model, tok, items, rank, world, f"{desc} {name}")
+            value = dict(accuracy=correct.mean().item(), nll=nll.mean().item(), problems=len(items),
+                         grader_errors=errors)
+            done[part] = store(files[part], keys[part], value, t0, rank)
+        out["ood"][name] = done[part]["value"]
     errors = sum(out["grader_errors"].values()) + sum(v["grader_errors"] for v in out["ood"].values())
     if errors and rank == 0:
         print(f"{desc}: {errors} answers could not be graded (grader error or timeout) and count as wrong; "
               "results_<label>.json has them per setting (grader_errors)", flush=True)
-    out["seconds"] = round(time.time() - t0, 1)
+    # the compute time of these numbers: of this call for the parts it computed, of an earlier one for those reused
+    out["seconds"] = round(sum(entry["seconds"] for entry in done.values()), 1)
     return out
+
+
+# ------------------------------------------------------------------------------------------------ the cache of parts
+def part_keys(args, path, folder, device):
+    """{part: its cache key} for the checkpoint `path` (made or found at `folder`): "sigma", each setting, and
+    "ood-<set>" for each OOD set. A key holds everything that changes that part's numbers, so a changed flag or a
+    retrained checkpoint misses the cache instead of reusing stale numbers; what it cannot hold is in the module
+    docstring. The process count is left out: it does not change the numbers."""
+    checkpoint = dict(model=path, folder=os.path.abspath(folder) if os.path.isdir(folder) else folder,
+                      files=folder_stats(folder), run_sigma=training_sigma(path)[0],
+                      dtype=str(softcot.resolve_dtype(args.dtype, device)), device=device.type)
+    flags = {k: vars(args)[k] for k in ("seed", "prompt", "limit", "batch", "max_cot_tokens", "max_answer_tokens")}
+    keys = {"sigma": dict(part="sigma", checkpoint=checkpoint)}   # training_sigma, or RMS(E) of these weights
+    for name in args.settings:
+        G = args.samples if name.endswith("_sample") else 1   # a greedy setting's numbers do not depend on n or k
+        keys[name] = dict(part=name, checkpoint=checkpoint, dataset=args.dataset, data=file_stats(args.data_path),
+                          samples=G, k=args.k if G > 1 else [1], **flags)
+    for spec in args.ood:
+        name, _, file = spec.partition("=")
+        keys[f"ood-{name}"] = dict(part=f"ood-{name}", checkpoint=checkpoint, data=file_stats(file or None), **flags)
+    return keys
+
+
+def file_stats(path):
+    """[absolute path, size, modification time in ns] of a file, None for none: a cheap identity that a rewrite
+    changes (a digest would read every byte of a checkpoint's weights)."""
+    if path is None:
+        return None
+    st = os.stat(path)
+    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+
+
+def folder_stats(folder):
+    """{file: [size, mtime in ns]} of every file of a checkpoint folder: weights, configs, tokenizer, and the
+    checkpoint.json of digests train.py writes, all rewritten by a new save. None for a hub name (no folder)."""
+    if not os.path.isdir(folder):
+        return None
+    return {f: file_stats(os.path.join(folder, f))[1:] for f in sorted(os.listdir(folder))
+            if os.path.isfile(os.path.join(folder, f))}
+
+
+def part_file(out, path, part, key):
+    """<out>/cache/<checkpoint>.<part>.<digest of the key>.json: named for a reader, found by the digest."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return os.path.join(out, "cache", f"{file_name(default_label([path]))}.{part}.{digest}.json")
+
+
+def cached(file, key):
+    """The part saved in `file` ({key, value, seconds}) if its key is `key`, else None (absent, or unreadable: it
+    is computed again and the file replaced)."""
+    try:
+        with open(file) as f:
+            entry = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return entry if isinstance(entry, dict) and entry.get("key") == key else None
+
+
+def store(file, key, value, t0, rank):
+    """A finished part, {key, value, seconds since t0}, written to `file` by rank 0; returned on every rank."""
+    entry = dict(key=key, value=value, seconds=time.time() - t0)
+    if rank == 0:
+        write_json(file, entry)
+    return entry
+
+
+def write_json(path, obj, indent=None):
+    """json.dump beside `path` (<path>.<pid>.tmp), then renamed over it: a kill leaves the old file or the new
+    one, never half of one."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=indent)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------ checks
+def tokenizer_problem(folder, model, tok):
+    """Why `tok` cannot be the tokenizer of `model` (both read from `folder`), or None. Cheap checks, before any
+    rollout: an id the embedding has no row for would fail as an IndexError deep in a forward, and special ids
+    that moved would make every answer wrong without an error. What they cannot see: module docstring."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tok) > rows:
+        return (f"its tokenizer has {len(tok)} tokens, the model's embedding {rows} rows: the tokenizer is not this "
+                "model's (a token id >= the row count has no embedding)")
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)   # softcot stops at these too
+    special = [("bos", tok.bos_token_id), ("eos", tok.eos_token_id), ("pad", tok.pad_token_id)]
+    special += [("generation_config.json's eos", i) for i in (gen_eos if isinstance(gen_eos, list) else [gen_eos])]
+    for what, i in special:
+        if i is not None and not 0 <= i < len(tok):
+            return f"the {what} token id {i} is outside the tokenizer's {len(tok)} tokens"
+    for what in ("bos", "eos"):   # not pad: pads are masked, and load_tokenizer makes one from eos when missing
+        mine, saved = getattr(tok, f"{what}_token_id"), getattr(model.config, f"{what}_token_id", None)
+        saved = [saved] if isinstance(saved, int) else saved or []
+        if mine is not None and saved and mine not in saved:
+            return (f"the tokenizer's {what} token is id {mine}, config.json's {what}_token_id is "
+                    f"{' or '.join(map(str, saved))}: a tokenizer with another vocabulary than the model's")
+    # train.py's checkpoint.json holds every file's sha256 at save time; runs.content_problem checks them all and
+    # scans the weights for NaN (a damaged checkpoint would otherwise score 0% with exit 0): one read of the
+    # weights, against hours of rollouts. A tokenizer.json copied in since would pass every check above.
+    problem = runs.content_problem(folder) if os.path.isdir(folder) else None
+    if problem and "does not match its sha256" in problem:
+        name = problem.split(" does not match")[0]
+        return (f"{name} is not the file the checkpoint was saved with (its sha256 differs from {runs.MANIFEST}'s): "
+                "changed since; restore it, or evaluate the folder it came from")
+    if problem:
+        return problem
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -437,11 +609,59 @@ def plot_training(paths, path):
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+def name_parts(path):
+    """(run, seed, checkpoint) of a --model path, the parts of its label: runs/tiny-fuzzy-s0/last ->
+    ("tiny-fuzzy", "-s0", "-last"); a folder outside a run, a hub or made name: its last part, without a
+    checkpoint (models/toy-slips-s0 -> ("toy-slips", "-s0", ""), toy-slips -> ("toy-slips", "", ""))."""
+    p = os.path.normpath(path)
+    checkpoint = os.path.basename(p) if os.path.basename(p) in ("best", "last", "last.prev") else ""
+    run, seed = re.fullmatch(r"(.*?)((?:-s\d+)?)", os.path.basename(os.path.dirname(p) if checkpoint else p)).groups()
+    return run, seed, f"-{checkpoint}" if checkpoint else ""
+
+
 def default_label(paths):
-    """runs/tiny-fuzzy-s0/best -> tiny-fuzzy: the run folder, without its seed."""
-    p = paths[0].rstrip("/")
-    name = os.path.basename(os.path.dirname(p) if os.path.basename(p) in ("best", "last") else p)
-    return re.sub(r"-s\d+$", "", name)
+    """The label of a call without --label. One checkpoint keeps its seed and its name, so that seeds evaluated
+    one at a time, and best/ and last/ of one run, get files of their own: runs/tiny-fuzzy-s0/last ->
+    tiny-fuzzy-s0-last. Several are the seeds of one table row: their common name, the seed dropped
+    (runs/tiny-fuzzy-s0/best runs/tiny-fuzzy-s1/best -> tiny-fuzzy-best); names that still differ (other runs)
+    are all kept, joined by + (runs/a-s0/best runs/b-s0/best -> a-best+b-best)."""
+    if len(paths) == 1:
+        return "".join(name_parts(paths[0]))
+    return "+".join(dict.fromkeys(run + checkpoint for run, _, checkpoint in map(name_parts, paths)))
+
+
+def file_name(label):
+    """A label as a file name's part: results_<file_name(label)>.json."""
+    return re.sub(r"[^\w.-]", "_", label)
+
+
+# What results_<label>.json records of the call that wrote it, besides the checkpoints, settings and OOD sets
+KEEP = ("recipe", "dataset", "samples", "k", "limit", "batch", "max_cot_tokens", "max_answer_tokens", "seed")
+
+
+def clash(args):
+    """Why this call must not write its results_<label>.json, or None: the file is there and holds another
+    evaluation (other checkpoints, settings, OOD sets or recorded flags; the same ones may be rewritten, and the
+    cache makes that cheap). One line naming the file, what differs, and the two ways on."""
+    path = os.path.join(args.out, f"results_{file_name(args.label)}.json")
+    if args.overwrite or not os.path.exists(path):
+        return None
+    ways = "pass another --label, or --overwrite to replace it"
+    want = dict(label=args.label, model=[os.path.normpath(m) for m in args.model], settings=sorted(args.settings),
+                ood=sorted(spec.partition("=")[0] for spec in args.ood), **{k: vars(args)[k] for k in KEEP})
+    try:
+        with open(path) as f:
+            r = json.load(f)
+        ckpts = r["checkpoints"]
+        have = dict(label=r["label"], model=[os.path.normpath(c["model"]) for c in ckpts],
+                    settings=sorted(ckpts[0]["settings"]), ood=sorted(ckpts[0]["ood"]), **{k: r[k] for k in KEEP})
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:   # not a results file of ours
+        return f"--label {args.label}: {path} is there and cannot be read ({type(e).__name__}); {ways}"
+    for k in want:
+        if want[k] != have[k]:
+            return (f"--label {args.label}: {path} holds another evaluation ({k} {json.dumps(have[k])}, this call "
+                    f"{json.dumps(want[k])}); {ways}")
+    return None
 
 
 def parse_args(argv=None):
@@ -454,7 +674,9 @@ def parse_args(argv=None):
                    "'toy-calibrated', 'toy-slips' or 'smol'; "
                    "several = seeds of one method, one table row with mean ± std (default: the recipe's model, "
                    "none when only --metrics is given)")
-    g.add_argument("--label", help="the table row's name (default: the run folder's name without -s<seed>)")
+    g.add_argument("--label", help="the table row's name and results_<label>.json's (default: one checkpoint: "
+                   "runs/<run>-s<seed>/last -> <run>-s<seed>-last; several, the seeds of one row: <run>-last, the "
+                   "seed dropped; an existing results file of another evaluation is never replaced, see --overwrite)")
     g.add_argument("--dataset", help="test set: toy | gsm8k | math500 | olympiadbench | math (default: the "
                    "recipe's: the toy test split, GSM8K test, or MATH-500 for math / deepscaler recipes)")
     g.add_argument("--data_path", help="a local file of the test set in its hub schema (offline machines)")
@@ -480,6 +702,9 @@ def parse_args(argv=None):
                    help="weights: auto = bf16 on GPU, fp32 on CPU; the LM head computes in fp32 either way")
     g = p.add_argument_group("output")
     g.add_argument("--out", default="eval", help="folder for results_<label>.json, table.md and the plots")
+    g.add_argument("--overwrite", action="store_true", help="replace a results_<label>.json that holds another "
+                   "evaluation (other checkpoints, settings or flags); without it such a call stops before loading "
+                   "anything. The cache of finished parts (<out>/cache) is used either way: its keys are exact")
     g.add_argument("--plots", action="store_true", help="draw passk.png and entropy.png for every label in --out")
     g.add_argument("--metrics", nargs="+", help="train.py metrics.jsonl file(s): draw training.png")
     p.set_defaults(dataset=TEST_SET.get(recipe["dataset"], recipe["dataset"]), prompt=recipe["prompt"],
@@ -503,19 +728,30 @@ def parse_args(argv=None):
     for path in args.metrics or []:
         if not os.path.isfile(path):
             p.error(f"--metrics {path}: no such file; pass a run's metrics.jsonl (runs/<run>/metrics.jsonl)")
-    for path in args.model:   # a missing folder fails now, not after the first checkpoint's evaluation
+    for path in args.model:   # a missing or damaged folder fails now, not after the first checkpoint's evaluation
+        if problem := recipes.cache_problem(path, args.seed):
+            p.error(problem)
         named = path in recipes.MADE_HERE or recipes.HUB_NAME.fullmatch(path)   # made, or a hub name
         if not named and not os.path.exists(path):
             p.error(f"--model {path}: no such checkpoint folder; pass a folder written by train.py "
                     "(runs/<run>/best), a hub name, 'toy' / 'toy-calibrated' / 'toy-slips' (a toy base model) or 'smol' (smol.py)")
+        # headers and JSON only (runs.folder_problem): a file cut short is named here, not a SafetensorError later
+        if path not in recipes.MADE_HERE and os.path.exists(path):
+            problem = runs.folder_problem(path) if os.path.isdir(path) else "a file, not a checkpoint folder"
+            if problem:
+                p.error(f"--model {path}: cannot be loaded ({problem}); pass a complete checkpoint folder "
+                        "(train.py's best/ or last/, or last.prev/ when last/ is damaged)")
     validate_args(p, args)
     args.label = args.label or (default_label(args.model) if args.model else None)
+    problem = clash(args) if args.model else None
+    if problem:
+        p.error(problem)
     return args
 
 
 def validate_args(p, args):
     """The flags parse_args has not checked yet, before any model or data is touched (p.error: exit code 2,
-    one line naming the flag); the --out folder is made and proven writable now, not after the evaluation."""
+    one line naming the flag); the --out folder is proven writable now, not after the evaluation."""
     if args.max_answer_tokens < 1:
         p.error(f"--max_answer_tokens {args.max_answer_tokens}: pass a whole number >= 1")
     if not 0 <= args.seed < 2 ** 31:
@@ -555,22 +791,14 @@ def main(argv=None):
     rank, world, device = runtime.setup_distributed()
     rank0 = rank == 0
     test, ood = load_sets(args) if args.model else ([], {})        # before any model: bad data fails at once
-    ckpts = []
-    for i, path in enumerate(args.model):
-        model, tok = runtime.load_for_inference(recipes.model_path(path, args.seed, rank, world), device, args.dtype)
-        ckpts.append(dict(model=path) | evaluate_checkpoint(args, model, tok, test, ood, rank, world,
-                                                            desc=f"{args.label}[{i}]", path=path))
-        del model
+    ckpts = [dict(model=path) | evaluate_checkpoint(args, path, test, ood, rank, world, device, f"{args.label}[{i}]")
+             for i, path in enumerate(args.model)]
     if rank0:
         os.makedirs(args.out, exist_ok=True)
         if ckpts:
-            keep = ("recipe", "dataset", "samples", "k", "limit", "batch", "max_cot_tokens", "max_answer_tokens",
-                    "seed")
-            result = dict(label=args.label, problems=len(test), **{k: vars(args)[k] for k in keep},
+            result = dict(label=args.label, problems=len(test), **{k: vars(args)[k] for k in KEEP},
                           world_size=world, checkpoints=ckpts)
-            name = re.sub(r"[^\w.-]", "_", args.label)
-            with open(os.path.join(args.out, f"results_{name}.json"), "w") as f:
-                json.dump(result, f, indent=1)
+            write_json(os.path.join(args.out, f"results_{file_name(args.label)}.json"), result, indent=1)
         files = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(args.out, "results_*.json")))]
         rows = {r["label"]: r["checkpoints"] for r in files}
         if rows:

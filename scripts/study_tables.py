@@ -40,7 +40,7 @@ def summary(run):
 
     def mean(key, part):
         return statistics.fmean(r[key] for r in part) if part else float("nan")
-    return dict(run=os.path.basename(run.rstrip("/")), setting=evaluate.default_label([run]), steps=len(train), base=val[0][1], final=val[-1][1],
+    return dict(run=os.path.basename(run.rstrip("/")), setting=evaluate.name_parts(run)[0], steps=len(train), base=val[0][1], final=val[-1][1],
                 best=best[1], best_step=best[0], acc_first=mean("accuracy", train[:50]),
                 acc_last=mean("accuracy", train[-50:]), ent_first=mean("cot_entropy", train[:50]),
                 ent_last=mean("cot_entropy", train[-50:]))
@@ -82,7 +82,7 @@ def plot_curves(runs, path):
     import matplotlib.pyplot as plt
     groups = {}
     for run in runs:
-        groups.setdefault(evaluate.default_label([run]), []).append(metrics(run))
+        groups.setdefault(evaluate.name_parts(run)[0], []).append(metrics(run))
     fig, (va, ta) = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, seeds in groups.items():
         vals = [[(m["step"], m["val_acc"]) for m in ms if "val_acc" in m] for ms in seeds]

@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ import torch
 import evaluate
 import rewards
 import softcot
-from conftest import make_model, run_script
+import toy
+from conftest import make_model, make_tokenizer, run_script
 
 # 4 problems x 4 samples, 8 sequences per rollout: 2 chunks per sample setting, so each rank of 2 gets one
 TINY = ["--recipe", "tiny", "--limit", "4", "--samples", "4", "--batch", "8", "--max_cot_tokens", "8",
@@ -204,3 +206,146 @@ def test_torchrun_equals_one_process(one_process, base, tmp_path):
     assert two.pop("world_size") == 2 and one.pop("world_size") == 1
     assert two == one                                                  # exactly: floats included
 
+
+
+# ------------------------------------------------------------------------------------------------ resuming
+def test_an_interrupted_evaluation_resumes_to_the_same_numbers(one_process, base, tmp_path, monkeypatch):
+    """Killed in its third setting, then run again: the rerun computes only what was missing, says what it
+    reused, and writes exactly the results of the uninterrupted run (one_process, same flags)."""
+    real, calls = evaluate.run_setting, []
+
+    def interrupted_in_the_third(*a, **kw):
+        calls.append(a[4])                                   # the setting's name
+        if len(calls) == 3:
+            raise KeyboardInterrupt                          # what Ctrl-C raises in the middle of a setting
+        return real(*a, **kw)
+    monkeypatch.setattr(evaluate, "run_setting", interrupted_in_the_third)
+    argv = TINY + ["--model", base, "--out", str(tmp_path)]
+    with pytest.raises(KeyboardInterrupt), contextlib.redirect_stdout(io.StringIO()):
+        evaluate.main(argv)
+    assert not os.path.exists(tmp_path / "results_toy.json")            # nothing final yet: two parts cached
+    calls.clear()
+    monkeypatch.setattr(evaluate, "run_setting", lambda *a, **kw: calls.append(a[4]) or real(*a, **kw))
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        evaluate.main(argv)
+    first, second = list(softcot.SETTINGS)[:2]
+    assert calls == list(softcot.SETTINGS)[2:] + ["hard_greedy"] * 2   # 4 settings left + the 2 OOD sets
+    reused = [line for line in stdout.getvalue().splitlines() if "reusing" in line]
+    assert [line.split()[2] for line in reused] == ["sigma", first, second], reused
+    assert all(f"of {base} from {tmp_path}/cache/" in line for line in reused)
+    assert results(str(tmp_path)) == results(one_process[0])           # exactly: floats included
+
+
+def test_the_cache_key_changes_with_what_changes_the_numbers(base, tmp_path):
+    """A changed flag or a retrained checkpoint must miss the cache; what does not change a part's numbers keeps
+    its key (a greedy setting does not depend on n)."""
+    folder = tmp_path / "ckpt"
+    shutil.copytree(base, folder)
+    device = torch.device("cpu")
+
+    def keys(*flags):
+        args = evaluate.parse_args(TINY + ["--model", str(folder), "--out", str(tmp_path / "eval"), *flags])
+        return evaluate.part_keys(args, str(folder), str(folder), device)
+    ref = keys()
+    assert set(ref) == {"sigma", *softcot.SETTINGS, "ood-test_mul", "ood-test_expr"}
+    for flags in (["--seed", "1"], ["--limit", "3"], ["--batch", "4"], ["--max_cot_tokens", "6"],
+                  ["--max_answer_tokens", "3"], ["--prompt", "paper"]):
+        changed = keys(*flags)
+        assert all(changed[p] != ref[p] for p in ref if p != "sigma"), flags
+    changed = keys("--samples", "2")                                     # n: the sample settings only
+    assert [p for p in ref if changed[p] != ref[p]] == [p for p in softcot.SETTINGS if p.endswith("_sample")]
+    assert keys("--settings", "hard_greedy")["hard_greedy"] == ref["hard_greedy"]
+    weights = folder / "model.safetensors"
+    os.utime(weights, ns=(os.stat(weights).st_atime_ns, os.stat(weights).st_mtime_ns + 10 ** 9))   # a new save
+    assert all(v != ref[p] for p, v in keys().items())
+
+
+# ------------------------------------------------------------------------------------------------ labels
+def test_default_labels_keep_seed_and_checkpoint():
+    assert evaluate.default_label(["runs/tiny-fuzzy-s0/last"]) == "tiny-fuzzy-s0-last"
+    assert evaluate.default_label(["runs/tiny-fuzzy-s1/best/"]) == "tiny-fuzzy-s1-best"
+    assert evaluate.default_label(["runs/tiny-fuzzy-s0"]) == "tiny-fuzzy-s0"                # a folder, not best/last
+    assert evaluate.default_label(["models/toy-slips-s0"]) == "toy-slips-s0"
+    assert evaluate.default_label(["meta-llama/Llama-3.2-3B-Instruct"]) == "Llama-3.2-3B-Instruct"
+    # several paths = the seeds of one row: the common name, seed dropped, checkpoint kept
+    assert evaluate.default_label(["runs/tiny-fuzzy-s0/best", "runs/tiny-fuzzy-s1/best"]) == "tiny-fuzzy-best"
+    assert evaluate.default_label(["runs/tiny-fuzzy-s0/last", "runs/tiny-fuzzy-s1/last"]) == "tiny-fuzzy-last"
+    assert evaluate.default_label(["runs/a-s0/best", "runs/b-s0/best"]) == "a-best+b-best"  # not a-best alone
+
+
+def test_results_of_another_evaluation_are_not_overwritten(one_process, base, tmp_path, monkeypatch, capsys):
+    shutil.copy(os.path.join(one_process[0], "results_toy.json"), tmp_path)      # TINY + --model base wrote it
+    monkeypatch.setattr(evaluate.runtime, "load_for_inference", lambda *a: pytest.fail("loaded a model"))
+    argv = TINY + ["--model", base, "--out", str(tmp_path)]
+    assert evaluate.parse_args(argv).label == "toy"                              # the same evaluation: rewritten
+    for other in (["--settings", "hard_greedy"], ["--seed", "1"], ["--model", base, base]):
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(argv + other)
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert e.value.code == 2 and f"{tmp_path}/results_toy.json holds another evaluation" in line, line
+        assert "--label" in line and "--overwrite" in line, line
+        assert evaluate.parse_args(argv + other + ["--overwrite"]).overwrite
+
+
+# ------------------------------------------------------------------------------------------------ checks
+def test_a_damaged_checkpoint_is_named_by_the_parser(base, tmp_path, capsys):
+    folder = tmp_path / "last"
+    shutil.copytree(base, folder)
+    weights = folder / "model.safetensors"
+    os.truncate(weights, os.path.getsize(weights) // 2)                         # a copy cut short
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(TINY + ["--model", str(folder), "--out", str(tmp_path / "eval")])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and f"--model {folder}: cannot be loaded (model.safetensors is " in line, line
+
+
+def test_a_tokenizer_that_is_not_the_models_is_refused(base, tmp_path, monkeypatch):
+    """Before any rollout: a bigger vocabulary (an IndexError in the embedding before), special ids that moved, and
+    a tokenizer.json replaced after train.py saved the checkpoint (a permutation: silent 0% before)."""
+    monkeypatch.setattr(evaluate.softcot, "rollout", lambda *a, **kw: pytest.fail("a rollout ran"))
+
+    def refused(folder):
+        with pytest.raises(SystemExit) as e, contextlib.redirect_stdout(io.StringIO()):
+            evaluate.main(TINY + ["--model", str(folder), "--out", str(tmp_path / "eval"), "--ood"])
+        assert str(e.value).startswith(f"--model {folder}: "), e.value
+        return str(e.value)
+
+    def swapped(folder, a, b):   # tokenizer.json with the ids of tokens a and b exchanged
+        t = json.load(open(folder / "tokenizer.json"))
+        vocab = t["model"]["vocab"]
+        vocab[a], vocab[b] = vocab[b], vocab[a]
+        for added in t["added_tokens"]:
+            added["id"] = vocab[added["content"]]
+        (folder / "tokenizer.json").write_text(json.dumps(t))
+
+    bigger = tmp_path / "bigger"
+    shutil.copytree(base, bigger)
+    make_tokenizer().save_pretrained(bigger)                                    # conftest's 300-token BPE
+    assert "its tokenizer has 300 tokens, the model's embedding 100 rows" in refused(bigger)
+    moved = tmp_path / "moved"
+    shutil.copytree(base, moved)
+    swapped(moved, "<eos>", "a")
+    assert f"the tokenizer's eos token is id {toy.make_tokenizer().get_vocab()['a']}, config.json's eos_token_id is 2" \
+        in refused(moved)
+    saved = tmp_path / "run" / "last"                                           # a checkpoint as train.py saves it
+    model, tok = evaluate.runtime.load_for_inference(base, torch.device("cpu"), "float32")
+    evaluate.runs.save_checkpoint(str(saved), model, tok)
+    swapped(saved, "1", "2")                                                    # same size, same special ids
+    assert refused(saved).startswith(f"--model {saved}: tokenizer.json is not the file the checkpoint was saved with")
+
+
+def test_a_checkpoint_with_nan_weights_is_refused(base, tmp_path, monkeypatch):
+    """NaN weights (no checksum to catch them: a folder not saved by train.py) are named before any rollout;
+    before, every answer failed and the table said 0% with exit code 0."""
+    from safetensors.torch import load_file, save_file
+    monkeypatch.setattr(evaluate.softcot, "rollout", lambda *a, **kw: pytest.fail("a rollout ran"))
+    folder = tmp_path / "nan"
+    shutil.copytree(base, folder)
+    weights = load_file(folder / "model.safetensors")
+    name = sorted(weights)[-1]
+    weights[name].view(-1)[0] = float("nan")
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(SystemExit) as e, contextlib.redirect_stdout(io.StringIO()):
+        evaluate.main(TINY + ["--model", str(folder), "--out", str(tmp_path / "eval")])
+    assert str(e.value) == f"--model {folder}: model.safetensors: {name} holds NaN or inf"
