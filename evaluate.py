@@ -64,9 +64,9 @@ always safe; it costs only the time to compute its parts again.
 Checks before a model runs: a --model folder that is cut short or damaged (runs.folder_problem: config and
 tokenizer JSON, safetensors lengths) is refused by the parser, naming it (exit code 2). After loading, before
 any rollout (tokenizer_problem): the tokenizer's len fits the embedding's rows; its bos, eos and pad ids and the
-generation config's eos ids lie inside it; its bos and eos ids are the ones config.json names; and, for a
-train.py checkpoint, its small files (tokenizer, configs) still have the sha256 checkpoint.json recorded at save
-time. Not detectable: a tokenizer of the same size and special ids whose ordinary tokens are in another order,
+generation config's eos ids lie inside it; its bos and eos ids are the ones config.json names; then
+(runs.content_problem) every file of a train.py checkpoint still has the sha256 checkpoint.json recorded at save
+time, and no weight is NaN or inf. Not detectable: a tokenizer of the same size and special ids whose ordinary tokens are in another order,
 when it was in the folder from the start (a folder without checkpoint.json, or a checkpoint saved with the wrong
 tokenizer); the model then reads other text than it learned and scores near 0% without an error.
 
@@ -327,17 +327,17 @@ def evaluate_checkpoint(args, path, test, ood, rank, world, device, desc):
     keys = part_keys(args, path, folder, device)
     files = {part: part_file(args.out, path, part, key) for part, key in keys.items()}
     done = {part: cached(files[part], keys[part]) for part in keys} if rank == 0 else None
-    if world > 1:   # rank 0 alone reads the cache (the others may not see --out); every rank skips the same parts
-        box = [done]
-        dist.broadcast_object_list(box, src=0)
-        done = box[0]
+    # rank 0 alone reads the cache (the others may not see --out); every rank skips the same parts
+    done = runtime.broadcast_object(done, world)
     done = {part: entry for part, entry in done.items() if entry is not None}
     if rank == 0:
         for part in done:
             print(f"{desc}: reusing {part} of {path} from {files[part]}", flush=True)
     if len(done) < len(keys):
         model, tok = runtime.load_for_inference(folder, device, args.dtype)
-        problem = tokenizer_problem(folder, model, tok)
+        # the tokenizer, then the bytes: checksums of a train.py checkpoint, NaN weights (0% and exit 0 before);
+        # one read of the weights, against hours of rollouts
+        problem = tokenizer_problem(model, tok) or (runs.content_problem(folder) if os.path.isdir(folder) else None)
         if problem:
             raise SystemExit(f"--model {path}: {problem}")
     if "sigma" not in done:
@@ -441,23 +441,13 @@ def store(file, key, value, t0, rank):
     """A finished part, {key, value, seconds since t0}, written to `file` by rank 0; returned on every rank."""
     entry = dict(key=key, value=value, seconds=time.time() - t0)
     if rank == 0:
-        write_json(file, entry)
+        runs.write_json(file, entry)
     return entry
 
 
-def write_json(path, obj, indent=None):
-    """json.dump beside `path` (<path>.<pid>.tmp), then renamed over it: a kill leaves the old file or the new
-    one, never half of one."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=indent)
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------------------ checks
-def tokenizer_problem(folder, model, tok):
-    """Why `tok` cannot be the tokenizer of `model` (both read from `folder`), or None. Cheap checks, before any
+def tokenizer_problem(model, tok):
+    """Why `tok` cannot be the tokenizer of `model` (both read from one folder), or None. Cheap checks, before any
     rollout: an id the embedding has no row for would fail as an IndexError deep in a forward, and special ids
     that moved would make every answer wrong without an error. What they cannot see: module docstring."""
     rows = model.get_input_embeddings().weight.shape[0]
@@ -476,16 +466,6 @@ def tokenizer_problem(folder, model, tok):
         if mine is not None and saved and mine not in saved:
             return (f"the tokenizer's {what} token is id {mine}, config.json's {what}_token_id is "
                     f"{' or '.join(map(str, saved))}: a tokenizer with another vocabulary than the model's")
-    # train.py's checkpoint.json holds every file's sha256 at save time; runs.content_problem checks them all and
-    # scans the weights for NaN (a damaged checkpoint would otherwise score 0% with exit 0): one read of the
-    # weights, against hours of rollouts. A tokenizer.json copied in since would pass every check above.
-    problem = runs.content_problem(folder) if os.path.isdir(folder) else None
-    if problem and "does not match its sha256" in problem:
-        name = problem.split(" does not match")[0]
-        return (f"{name} is not the file the checkpoint was saved with (its sha256 differs from {runs.MANIFEST}'s): "
-                "changed since; restore it, or evaluate the folder it came from")
-    if problem:
-        return problem
     return None
 
 
@@ -798,7 +778,7 @@ def main(argv=None):
         if ckpts:
             result = dict(label=args.label, problems=len(test), **{k: vars(args)[k] for k in KEEP},
                           world_size=world, checkpoints=ckpts)
-            write_json(os.path.join(args.out, f"results_{file_name(args.label)}.json"), result, indent=1)
+            runs.write_json(os.path.join(args.out, f"results_{file_name(args.label)}.json"), result, indent=1)
         files = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(args.out, "results_*.json")))]
         rows = {r["label"]: r["checkpoints"] for r in files}
         if rows:

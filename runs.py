@@ -61,15 +61,25 @@ def unwritable(folder):
     return None
 
 
-def write_jsonl(rows, path):
-    """One JSON object a line, written beside `path` and renamed: several ranks writing the same file, or a kill,
-    never leave a half file for a reader."""
+def write_text(path, text):
+    """`text` written beside `path` (<path>.<pid>.tmp) and renamed over it: several ranks writing the same file, or
+    a kill, never leave a half file for a reader."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+        f.write(text)
     os.replace(tmp, path)
     return path
+
+
+def write_jsonl(rows, path):
+    """One JSON object a line, atomically (write_text)."""
+    return write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_json(path, obj, indent=None):
+    """One JSON document, atomically (write_text)."""
+    return write_text(path, json.dumps(obj, indent=indent))
 
 
 def save_atomically(path, model, tok, notes_name, notes):
@@ -263,7 +273,8 @@ def content_problem(folder, manifest=None):
         if not os.path.isfile(os.path.join(folder, name)):
             return f"{name} is missing (checkpoint.json lists it)"
         if sha256(os.path.join(folder, name)) != digest:
-            return f"{name} does not match its sha256 in checkpoint.json (changed after it was written)"
+            return (f"{name} is not the file the checkpoint was saved with (its sha256 differs from {MANIFEST}'s): "
+                    "changed since; restore it, or use the folder it came from")
     for name in sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")):
         with safe_open(os.path.join(folder, name), "pt") as f:
             bad = next((k for k in f.keys() if nonfinite({k: f.get_tensor(k)})), None)
@@ -303,12 +314,11 @@ def check_resume(out, settings, stop_after):
     """Why `--resume` cannot continue the run in `out` with these settings (the parsed flags, by name), or None:
     no config.json, settings that differ from it (other than RESUME_MAY_CHANGE), no complete checkpoint of this
     run, or a --stop_after the checkpoint has already passed."""
-    path = os.path.join(out, "config.json")
     try:
-        with open(path) as f:
-            run = json.load(f)
+        run = run_config(out)
     except (OSError, ValueError) as e:
-        return f"--resume: cannot read {path} ({type(e).__name__}); start without --resume to make a new run there"
+        return (f"--resume: cannot read {out}/config.json ({type(e).__name__}); start without --resume to make a "
+                "new run there")
     changed = [f"--{k} {settings[k]} (the run has {run[k]})" for k in run
                if k in settings and k not in RESUME_MAY_CHANGE and settings[k] != run[k]]
     if changed:
@@ -330,20 +340,24 @@ def check_resume(out, settings, stop_after):
 def resume_checkpoint(out, rank, world):
     """The newest complete checkpoint of `out`'s run: last/, else last.prev/; every byte checked (checkpoint.json's
     sha256, finite weights and optimizer state), and a damaged one named and skipped. check_resume, in the parser,
-    has made sure one looks complete. Rank 0 first finishes a save that a kill interrupted (recover)."""
+    has made sure one looks complete. Rank 0 reads every byte once (first finishing a save that a kill
+    interrupted: recover) and tells the other ranks its choice, so that all of them resume from the same one."""
+    chosen = None
     if rank == 0:
         for name in ("last", "best"):
             recover(os.path.join(out, name))
-    runtime.barrier(world)
-    rid = run_id(out)
-    for folder in checkpoints(out):
-        problem = checkpoint_problem(folder, rid, verify=True)
-        if problem is None:
-            return folder
-        if rank == 0:
+        for folder in checkpoints(out):
+            problem = checkpoint_problem(folder, run_id(out), verify=True)
+            if problem is None:
+                chosen = folder
+                break
             print(f"--resume: skipping {folder}, it cannot be loaded ({problem}); continuing from the checkpoint "
                   "before it", flush=True)
-    raise SystemExit(f"--resume: no usable checkpoint in {out} any more; start again with --overwrite or a new --out")
+    chosen = runtime.broadcast_object(chosen, world)
+    if chosen is None:
+        raise SystemExit(f"--resume: no usable checkpoint in {out} any more; start again with --overwrite or a new "
+                         "--out")
+    return chosen
 
 
 def trim_logs(out, step):
@@ -363,15 +377,21 @@ def trim_logs(out, step):
         open(log, "w").writelines(keep)
 
 
+def run_config(out):
+    """<out>/config.json: the run's settings as it started (describe_run in train.py)."""
+    with open(os.path.join(out, "config.json")) as f:
+        return json.load(f)
+
+
 def run_id(out):
     """The id of the run in `out` (config.json; None for a run made before ids existed)."""
-    return json.load(open(os.path.join(out, "config.json"))).get("run_id")
+    return run_config(out).get("run_id")
 
 
 def check_data(out, data_sha256):
     """--resume: the problems must be the run's own. An edited data file would change the training and validation
     sets under the same config.json (and best/ would compare validations of two sets): refused, in one line."""
-    recorded = json.load(open(os.path.join(out, "config.json"))).get("data_sha256")
+    recorded = run_config(out).get("data_sha256")
     if recorded and recorded != data_sha256:
         raise SystemExit(f"--resume: the training and validation problems are not the ones the run in {out} started "
                          f"with (data digest {data_sha256}, config.json has {recorded}); the data file changed. "
@@ -383,7 +403,7 @@ def record_resume(out, settings, world, step):
     RESUME_MAY_CHANGE, the process count) to <out>/resumes.jsonl, and says so when the process count changed:
     the update is the same, but each rank draws its own noise (recipes.rollout_seed), so the steps from here on are
     not those an uninterrupted run would have taken."""
-    run = json.load(open(os.path.join(out, "config.json")))
+    run = run_config(out)
     changed = {k: [run[k], settings[k]] for k in RESUME_MAY_CHANGE
                if k not in ("resume", "out") and k in run and run[k] != settings[k]}
     if run.get("world_size", world) != world:

@@ -59,6 +59,16 @@ def all_sum(t, world):
     return t
 
 
+def broadcast_object(obj, world):
+    """Rank 0's `obj` (any picklable value) on every rank: what one rank decided from files the others need not
+    read again (the checkpoint to resume, the finished parts of an evaluation)."""
+    if world > 1:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        obj = box[0]
+    return obj
+
+
 def barrier(world):
     if world > 1:
         dist.barrier()
