@@ -6,16 +6,19 @@ Paper: Butt et al., "Soft Tokens, Hard Truths" (arXiv 2509.19170), Sec. 4 / App.
 Qwen-2.5-3B trained on one node of 8 x 80 GB GPUs. The plan counts, for one process:
 - parameters, gradients and the two AdamW states, all in the master dtype (fp32: 4 + 4 + 8 = 16 bytes per
   parameter), divided by the process count under --fsdp;
-- the compute-dtype copies: autocast's cached bf16 weights (DDP), or under FSDP the full bf16 rollout copy on
-  every rank plus the gathered bf16 weights of the layers being computed;
+- the compute-dtype copies: autocast's cached bf16 weights (DDP), or under FSDP the rollout copy on every rank
+  (bf16 decoder layers, fp32 E and head) plus the gathered weights being computed (fp32 E and head, two bf16
+  layers);
 - the larger of the two phases' working memory: the rollout (KV cache of this rank's N / P rows, fp32 logits of
   one step) and the re-score of one micro-batch (activations saved for backward, fp32 logits over the answer and
   CoT positions, the mixture's p at soft CoT steps).
 The static parts are exact (a test checks them against the tensors torch allocates); activations are an estimate
-from the tensors a Llama layer saves for backward (a test compares it with the profiler on a small model).
+from the tensors a Llama layer saves for backward (a test compares it with the profiler on a small model). The gate
+keeps a headroom free on top of the plan (`headroom`: the CUDA context, NCCL's buffers, fragmentation).
 
     python memory.py                                     # the paper's three models on 8 x 80 GB, DDP and FSDP
-    python memory.py --model meta-llama/Llama-3.1-8B-Instruct --world 8 --fsdp --gpu_gb 80 --micro_batch 2
+    python memory.py --model meta-llama/Llama-3.1-8B-Instruct --world 8 --fsdp --micro_batch 2
+    python memory.py --disk                              # the run folder's size on disk, per paper model
 """
 
 import argparse
@@ -42,6 +45,17 @@ PAPER_MODELS = {
 PROMPT_TOKENS = 512     # the longest prompt we plan for: App. B's prompt with a long MATH problem stays below it
 PREFILL_TOKENS = 16     # " The final answer is: \boxed{" in any of these vocabularies
 GiB = 2**30
+CARD_80GB = 79.2 * GiB  # what torch reports as total_memory for the paper's 80 GB cards (A100 / H100 80GB)
+
+# What a GPU process holds beyond the plan's tensors, kept free by the gate. Estimates (a CPU cannot measure them;
+# scripts/gpu_check.py prints what the CUDA context takes on a real GPU): the CUDA context with torch's kernels
+# (~0.5-1 GiB), NCCL's communicator buffers with more than one process (NCCL_BUFFSIZE, 4 MiB, per channel and
+# peer: up to ~1 GiB on 8 GPUs), and the caching allocator's fragmentation (reserved, not allocated: 5% of the plan).
+CONTEXT, NCCL, FRAGMENTATION = 1 * GiB, 1 * GiB, 0.05
+
+
+def headroom(total, world):
+    return int(CONTEXT + (NCCL if world > 1 else 0) + FRAGMENTATION * total)
 
 
 def shape(config):
@@ -72,8 +86,10 @@ def plan(config, args, world, device, prompt_tokens=PROMPT_TOKENS):
     p["parameters"] = -(-n_param // shards) * master
     p["gradients"] = p["parameters"]
     p["optimizer"] = 2 * p["parameters"]                     # AdamW's exp_avg and exp_avg_sq, in the master dtype
-    if args.fsdp:      # the rollout copy + the gathered embeddings/head + two gathered layers (one prefetched)
-        p["compute copies"] = (n_param + (n_emb + 2 * n_layer if shards > 1 else 0)) * compute
+    if args.fsdp:      # the rollout copy (fp32 E and head) + the gathered fp32 E/head + two gathered layers (one
+        # prefetched); runtime.load_fsdp's precision policy
+        p["compute copies"] = (n_param - n_emb) * compute + n_emb * 4 + \
+            ((n_emb * master + 2 * n_layer * compute) if shards > 1 else 0)
     else:              # autocast keeps a bf16 copy of every weight it has cast during a forward
         p["compute copies"] = n_param * compute if compute < master else 0
     rows = args.prompts_per_step * args.samples // world     # this rank's rollouts
@@ -96,9 +112,15 @@ def plan(config, args, world, device, prompt_tokens=PROMPT_TOKENS):
     grad_tmp = 2 * V * d * 4
     p["activations"] = max(rollout, acts + logits + grad_tmp)     # the two phases do not overlap
     p["total"] = sum(p.values())
+    p["headroom"] = headroom(p["total"], world)
     p["device"] = device_bytes(device, world)
     p["_rollout"], p["_rescore"] = rollout, acts + logits + grad_tmp
     return p
+
+
+def fits(p):
+    """The gate: the plan and its headroom within what the device has."""
+    return p["total"] + p["headroom"] <= p["device"]
 
 
 def device_bytes(device, world):
@@ -111,8 +133,8 @@ def device_bytes(device, world):
 def describe(p):
     parts = ", ".join(f"{k} {p[k] / GiB:.1f}" for k in ("parameters", "gradients", "optimizer", "compute copies"))
     return (f"memory plan per process (GiB): {parts}, activations {p['activations'] / GiB:.1f} (rollout "
-            f"{p['_rollout'] / GiB:.1f}, re-score {p['_rescore'] / GiB:.1f}) = {p['total'] / GiB:.1f} of "
-            f"{p['device'] / GiB:.1f}")
+            f"{p['_rollout'] / GiB:.1f}, re-score {p['_rescore'] / GiB:.1f}) = {p['total'] / GiB:.1f}, "
+            f"+ {p['headroom'] / GiB:.1f} headroom (context, NCCL, fragmentation), of {p['device'] / GiB:.1f}")
 
 
 def advice(p, args):
@@ -126,7 +148,8 @@ def advice(p, args):
         fixes.append("--grad_ckpt (activation checkpointing)")
     if p["_rollout"] > p["_rescore"]:
         fixes.append("more processes, or fewer --samples per step (the rollout holds a KV cache per row)")
-    return (f"this run needs about {p['total'] / GiB:.1f} GiB per process and the device has "
+    return (f"this run needs about {p['total'] / GiB:.1f} GiB per process, + {p['headroom'] / GiB:.1f} GiB of "
+            f"headroom, and the device has "
             f"{p['device'] / GiB:.1f} GiB. Try: " + "; or ".join(fixes or ["a larger device"]))
 
 
@@ -137,25 +160,40 @@ def gpu_run(recipe, **flags):
                                      grad_ckpt=False) | recipes.RECIPES[recipe] | flags)
 
 
-def table(gpu_gb=80, world=8):
-    """Markdown: the paper's recipes on `world` x `gpu_gb` GB GPUs, fp32 masters + bf16 compute, DDP and FSDP."""
-    rows = ["| recipe | sharding | params | grads | AdamW | bf16 copies | activations | total | fits |",
-            "|---|---|---|---|---|---|---|---|---|"]
+def table(device=CARD_80GB, world=8):
+    """Markdown: the paper's recipes on `world` GPUs of `device` bytes each (what torch reports), fp32 masters +
+    bf16 compute, DDP and FSDP; `fits` is train.py's gate (plan + headroom)."""
+    rows = ["| recipe | sharding | params | grads | AdamW | compute copies | activations | total | + headroom | fits |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for recipe in ("llama3b-gsm8k", "llama3b-math", "qwen3b-math", "llama8b-gsm8k"):
         for fsdp in (False, True):
             args = gpu_run(recipe, fsdp=fsdp)
             p = plan(PAPER_MODELS[args.model], args, world, torch.device("cpu"))
-            p["device"] = gpu_gb * 10**9
+            p["device"] = device
             g = {k: f"{v / GiB:.1f}" for k, v in p.items()}
             rows.append(f"| {recipe} | {'FSDP' if fsdp else 'DDP'} | {g['parameters']} | {g['gradients']} | "
                         f"{g['optimizer']} | {g['compute copies']} | {g['activations']} | {g['total']} | "
-                        f"{'yes' if p['total'] <= p['device'] else 'no'} |")
+                        f"{g['headroom']} | "
+                        f"{'yes' if fits(p) else 'no'} |")
+    return "\n".join(rows)
+
+
+def checkpoint_table():
+    """Markdown: the disk a run folder of each paper model takes (GB, 10^9 bytes, as disks are sold), fp32 masters:
+    best/ holds the weights, last/ the weights and AdamW's two states, last.prev/ the last/ before it."""
+    rows = ["| model | best/ (weights) | last/ (+ AdamW) | last.prev/ | run folder |", "|---|---|---|---|---|"]
+    for name, config in PAPER_MODELS.items():
+        weights = shape(config)[0] * 4
+        last = 3 * weights
+        rows.append(f"| {name.split('/')[1]} | {weights / 1e9:.1f} | {last / 1e9:.1f} | {last / 1e9:.1f} | "
+                    f"{(weights + 2 * last) / 1e9:.0f} |")
     return "\n".join(rows)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="The memory plan of a training run, per process, in GiB.")
-    ap.add_argument("--gpu_gb", type=float, default=80, help="GPU memory in GB (10^9 bytes, as sold)")
+    ap.add_argument("--gpu_gib", type=float, default=CARD_80GB / GiB,
+                    help="GPU memory in GiB as torch reports it (total_memory; an 80 GB A100 / H100: 79.2)")
     ap.add_argument("--world", type=int, default=8, help="processes (GPUs)")
     ap.add_argument("--model", default=None, help="a Hugging Face name or folder (default: the paper's table)")
     ap.add_argument("--recipe", default="llama3b-gsm8k", choices=sorted(recipes.RECIPES),
@@ -166,15 +204,18 @@ if __name__ == "__main__":
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], help="master weights, as train.py's (float32)")
     ap.add_argument("--fsdp", action="store_true", help="as train.py's")
     ap.add_argument("--grad_ckpt", action="store_true", help="as train.py's")
+    ap.add_argument("--disk", action="store_true", help="the disk a run folder of each paper model takes")
     args = ap.parse_args()
-    if args.model is None:
-        print(table(args.gpu_gb, args.world))
+    if args.disk:
+        print(checkpoint_table())
+    elif args.model is None:
+        print(table(int(args.gpu_gib * GiB), args.world))
     else:
-        given = {k: v for k, v in vars(args).items() if v is not None and k not in ("gpu_gb", "world", "recipe")}
+        given = {k: v for k, v in vars(args).items() if v is not None and k not in ("gpu_gib", "world", "recipe")}
         run = gpu_run(args.recipe, **given)
         config = PAPER_MODELS.get(args.model) or AutoConfig.from_pretrained(args.model)
         p = plan(config, run, args.world, torch.device("cpu"))
-        p["device"] = int(args.gpu_gb * 10**9)
+        p["device"] = int(args.gpu_gib * GiB)
         print(describe(p))
-        if p["total"] > p["device"]:
+        if not fits(p):
             print(advice(p, run))

@@ -19,7 +19,7 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 import softcot
 
@@ -69,6 +69,15 @@ def broadcast_object(obj, world):
     return obj
 
 
+def all_gather_object(obj, world):
+    """[every rank's `obj`], in rank order, on every rank ([obj] on one process)."""
+    if world == 1:
+        return [obj]
+    got = [None] * world
+    dist.all_gather_object(got, obj)
+    return got
+
+
 def barrier(world):
     if world > 1:
         dist.barrier()
@@ -85,9 +94,10 @@ def dtypes(dtype, compute_dtype, device):
     return softcot.resolve_dtype(dtype, device), softcot.resolve_dtype(compute_dtype, device)
 
 
-def compute_context(device, compute, fsdp):
-    """Autocast to the compute dtype around forwards (not backwards); FSDP casts its parameters itself."""
-    return torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32 and not fsdp)
+def compute_context(device, compute):
+    """Autocast to the compute dtype around forwards (not backwards). Under FSDP too: the decoder layers' bf16
+    weights come from FSDP's gather, and autocast lets the rollout copy's bf16 layers take fp32 E's output."""
+    return torch.autocast(device.type, dtype=compute, enabled=compute != torch.float32)
 
 
 class Scorer(torch.nn.Module):
@@ -104,9 +114,9 @@ class Scorer(torch.nn.Module):
 
 # ------------------------------------------------------------------------------------------------ loading
 def load_error(path, e):
-    return SystemExit(f"could not load model {path!r} ({type(e).__name__}: {str(e).splitlines()[0]}).\n"
-                      "Gated models need `huggingface-cli login` and an accepted licence; offline machines need "
-                      "a local folder (--model PATH). For an offline run of the whole method: --recipe tiny")
+    return SystemExit(f"could not load model {path!r} ({type(e).__name__}: {str(e).splitlines()[0]}); a gated "
+                      "model needs `hf auth login` and its licence accepted; without hub access pass a local folder "
+                      "(--model PATH), or run the whole method offline: python train.py --recipe tiny")
 
 
 def load_config(path):
@@ -133,14 +143,14 @@ def load_for_inference(path, device, dtype="auto"):
         raise load_error(path, e)
 
 
-def load_model(path, device, rank, world, *, dtype, compute_dtype, fsdp, grad_ckpt):
+def load_model(path, device, rank, world, *, dtype, compute_dtype, fsdp, grad_ckpt, tok=None):
     """(lm, scorer, rollout_lm, tok) for training. lm: the Hugging Face model the optimizer steps (master weights
     in `dtype`); scorer: what the loss calls (DDP or FSDP around Scorer(lm)); rollout_lm: what generates (lm
     itself, or under FSDP a full compute-dtype copy on every rank, refreshed after each update by
     `sync_rollout_model`)."""
     master_dtype, compute = dtypes(dtype, compute_dtype, device)
     try:
-        tok = load_tokenizer(path)
+        tok = load_tokenizer(path) if tok is None else tok   # a 128k-token vocabulary loads in seconds
         if fsdp:
             lm, scorer, rollout_lm = load_fsdp(path, device, rank, master_dtype, compute)
         else:
@@ -160,18 +170,33 @@ def load_model(path, device, rank, world, *, dtype, compute_dtype, fsdp, grad_ck
 
 # ------------------------------------------------------------------------------------------------ FSDP2
 # --fsdp: every decoder layer, then the rest (embeddings, final norm, head), is sharded over the P processes:
-# each holds 1/P of the fp32 weights, gradients and AdamW states, and gathers a layer's full bf16 weights only
-# while it computes with it (MixedPrecisionPolicy; gradients are reduced in fp32). Rollouts do not go through the
+# each holds 1/P of the fp32 weights, gradients and AdamW states, and gathers a layer's full weights only while it
+# computes with it. The decoder layers are gathered in the compute dtype (MixedPrecisionPolicy: bf16 on GPU) and
+# run under the same autocast as DDP; the root's E, final norm and head are gathered in the master dtype, fp32:
+# the precision policy's fp32 head and fp32 p E (a bf16 E would round p and p E to bf16 in the mixture).
+# Gradients are reduced in fp32. Rollouts do not go through the
 # shards: rows stop at different steps on different ranks, and a sharded forward needs every rank to take part
-# in every step. Each rank instead generates with a plain full copy of the model in the compute dtype (2 bytes a
-# parameter in bf16), refreshed from the shards after every update, so a rollout has no collective and cannot
-# hang. Every collective of a step (the refresh, the rewards, each micro-batch's forward and backward) runs the
-# same number of times on every rank: each holds N / P rows (checked at start).
+# in every step. Each rank instead generates with a plain full copy of the model, refreshed from the shards after
+# every update, so a rollout has no collective and cannot hang: its decoder layers in the compute dtype (2 bytes a
+# parameter in bf16: the memory that makes 8B fit), its E, head and norms fp32 like the shards' root (the drift
+# between the bf16 copy and the re-score is what the --rescore_tol guard counts; docs/training.md measures it).
+# Every collective of a step (the refresh, the rewards, each micro-batch's forward and backward) runs the same
+# number of times on every rank: each holds N / P rows (checked at start).
 def fsdp_layers(lm):
     try:
         return list(softcot.unwrap(lm).model.layers)
     except AttributeError:
         raise SystemExit(f"--fsdp shards each decoder layer at model.layers; {type(lm).__name__} has none")
+
+
+def load_generation_config(lm, path):
+    """A model built with from_config has a generation config derived from config.json alone: Qwen2.5's
+    config.json names one EOS (151645), its generation_config.json two (151645, 151643), and softcot's rollout
+    stops at both. So the folder's own file is loaded, and checkpoints saved from this model keep it."""
+    try:
+        lm.generation_config = GenerationConfig.from_pretrained(path)
+    except OSError:   # a folder without generation_config.json: the one from_config derived is all there is
+        pass
 
 
 def load_fsdp(path, device, rank, master_dtype, compute):
@@ -184,12 +209,15 @@ def load_fsdp(path, device, rank, master_dtype, compute):
     full = AutoModelForCausalLM.from_pretrained(path, dtype=master_dtype) if rank == 0 else None
     with torch.device("meta"):
         lm = AutoModelForCausalLM.from_config(config, dtype=master_dtype)
+    load_generation_config(lm, path)
     softcot.use_fp32_head(lm)
     scorer = Scorer(lm)
-    policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
+    # layers: weights gathered in the compute dtype, inputs left as they come (the fp32 residual stream, as under
+    # DDP's autocast, which casts each matmul's inputs itself); the root (E, norm, head): the master dtype, fp32
     for layer in fsdp_layers(lm):
-        fully_shard(layer, mp_policy=policy)
-    fully_shard(scorer, mp_policy=policy)
+        fully_shard(layer, mp_policy=MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32,
+                                                          cast_forward_inputs=False))
+    fully_shard(scorer, mp_policy=MixedPrecisionPolicy(reduce_dtype=torch.float32))
     scorer.to_empty(device=device)
     state = {f"lm.{k}": v for k, v in full.state_dict().items()} if rank == 0 else {}
     set_model_state_dict(scorer, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
@@ -204,6 +232,11 @@ def load_fsdp(path, device, rank, master_dtype, compute):
         rollout_lm = AutoModelForCausalLM.from_config(config, dtype=compute)
     rollout_lm.to_empty(device=device).eval().requires_grad_(False)
     rollout_lm.tie_weights()   # to_empty gives a tied E two separate tensors; FSDP's own to_empty keeps the tie
+    rollout_lm.generation_config = lm.generation_config
+    outside_layers = {n for n, _ in rollout_lm.named_parameters() if ".layers." not in n}
+    for name, q in rollout_lm.named_parameters():   # fp32 E, head and final norm, as in the shards' root
+        if name in outside_layers:
+            q.data = q.data.float()
     for (name, buf), (_, src) in zip(rollout_lm.named_buffers(), lm.named_buffers()):
         buf.copy_(src)
     softcot.use_fp32_head(rollout_lm)
@@ -231,6 +264,11 @@ def gather_state(scorer, opt, fsdp, with_optimizer):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = {k.removeprefix("lm."): v for k, v in get_model_state_dict(scorer, options=full).items()}
+    lm = scorer.lm
+    # tied: the gathered copies of E are two tensors, which save_pretrained would write twice (+1.6 GB at 3B); once,
+    # under the embedding's name, is what a Hugging Face folder of a tied model holds
+    if lm.get_output_embeddings().weight is lm.get_input_embeddings().weight:
+        weights.pop("lm_head.weight", None)
     return weights, get_optimizer_state_dict(scorer, opt, options=full) if with_optimizer else None
 
 

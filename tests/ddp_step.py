@@ -56,6 +56,8 @@ weights, _ = runtime.gather_state(scorer, opt, fsdp, with_optimizer=False)
 runtime.sync_rollout_model(lm, rollout_lm)
 if rank == 0:
     state = weights if weights is not None else lm.state_dict()
+    if "lm_head.weight" not in state:   # a tied E is gathered once (runtime.gather_state); the reference has both
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
     # under FSDP the rollout copy was refreshed from the shards: it must hold the updated weights too
     copy = {k: v.detach().clone() for k, v in rollout_lm.state_dict().items()}
     torch.save({k: v.detach().clone() for k, v in state.items()} | {"_norm": torch.tensor(norm),

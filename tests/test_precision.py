@@ -1,5 +1,7 @@
 """The precision policy (train.py, softcot.FP32Head) and the rollout/re-score consistency guard, emulated on CPU:
 bf16 autocast over fp32 master weights, against pure bf16 weights; a constructed near-tie flip at tau = 1e-4."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,7 +25,7 @@ def one_adamw_step(model, tok, compute, lr=3e-6):
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     grads = []
     opt.register_step_pre_hook(lambda o, a, k: grads.extend(p.grad.detach().clone() for p in model.parameters()))
-    ctx = runtime.compute_context(torch.device("cpu"), compute, fsdp=False)
+    ctx = runtime.compute_context(torch.device("cpu"), compute)
     train.policy_gradient_step(model, runtime.Scorer(model), opt, ro, adv, 4, 1, micro_batch=4, grad_clip=0.0, ctx=ctx)
     got_grad = torch.cat([(g != 0).flatten() for g in grads])
     changed = torch.cat([(p.detach() != b).flatten() for p, b in zip(model.parameters(), before)])
@@ -205,3 +207,25 @@ def test_activation_checkpointing_gives_the_same_gradient(tokenizer):
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
     assert grads[0].norm() > 0
+
+
+def test_memory_gate_keeps_headroom_and_the_docs_tables_are_its_own():
+    """The gate compares plan + headroom with what torch reports for the device: llama3b-math under DDP plans 75.7
+    GiB, below an 80 GB card's 79.2 GiB, but leaves no room for the CUDA context, NCCL and fragmentation, so it is
+    refused. README's and docs/training.md's tables are memory.table()'s, on the same GiB."""
+    args = memory.gpu_run("llama3b-math")
+    p = memory.plan(memory.PAPER_MODELS[args.model], args, 8, torch.device("cpu"))
+    p["device"] = memory.CARD_80GB
+    assert p["total"] < p["device"] and not memory.fits(p)
+    assert memory.headroom(p["total"], 8) > memory.headroom(p["total"], 1) > memory.CONTEXT
+    table = memory.table()
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line.split("|")[8:11] for line in table.splitlines()[2:]}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    training = open(os.path.join(root, "docs", "training.md")).read()
+    assert table in training and memory.checkpoint_table() in training
+    readme = open(os.path.join(root, "README.md")).read()
+    for recipe in ("llama3b-gsm8k", "llama3b-math", "qwen3b-math", "llama8b-gsm8k"):
+        ddp, fsdp = rows[(recipe, "DDP")], rows[(recipe, "FSDP")]
+        line = next(l for l in readme.splitlines() if l.startswith(f"| {recipe} "))
+        cells = [c.strip() for c in line.split("|")[2:6]]
+        assert cells == [ddp[0].strip(), ddp[2].strip(), fsdp[0].strip(), fsdp[2].strip()], (line, ddp, fsdp)
