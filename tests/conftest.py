@@ -1,8 +1,10 @@
 """Shared fixtures: a small BPE tokenizer trained here, and tiny random Llama / Qwen2 models built from configs.
 
 Nothing is downloaded. The tokenizer is byte-level BPE (like Llama 3 and Qwen), trained in a few ms on text in
-the paper's format, so `The final answer is:` spans several tokens whose boundaries depend on context.
+the paper's format, so `The final answer is:` spans several tokens whose boundaries depend on context. At the end:
+the paper's real tokenizers and shrunk copies of its three models (tests/paper_models.py), built once and cached.
 """
+import functools
 import os
 import re
 import subprocess
@@ -114,3 +116,27 @@ def make_model(family, tokenizer, tied=True, seed=0, max_positions=512):
 def model(request, tokenizer):
     family, tied = request.param
     return make_model(family, tokenizer, tied=tied)
+
+
+# The paper's tokenizers and shrunk random-weight copies of its three models (tests/paper_models.py): built once into
+# the model cache ($SOFTCOT_CACHE or ~/.cache/softcot; first time 2-4 s per tokenizer, ~5 s per model), then
+# loaded (~2 s per tokenizer, once per process). Session fixtures are shared: copy a tokenizer before changing it.
+@pytest.fixture(scope="session")
+def llama3_tok():
+    """Llama-3.1-8B-Instruct's and Llama-3.2-3B-Instruct's tokenizer (no pad token, as released)."""
+    import paper_models
+    return paper_models.llama3_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def qwen_tok():
+    """Qwen2.5-3B-Instruct's tokenizer."""
+    import paper_models
+    return paper_models.qwen25_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def paper_model():
+    """name ("llama3b", "llama8b", "qwen3b") -> the folder of that paper model's shrunk copy, built on first use."""
+    import paper_models
+    return functools.cache(paper_models.paper_model_folder)
