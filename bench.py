@@ -35,15 +35,18 @@ rounds. On CPU with one thread the clock is the process's CPU time (on a shared 
 counts the time the OS gives to other jobs); otherwise wall-clock time, synchronised on CUDA.
 Memory: the peak of the bytes allocated during the call above what was allocated when it began (weights and the
 preallocated gradients are not counted): torch.cuda.max_memory_allocated on CUDA; on CPU, which keeps no such
-counter, the running total of the allocations and frees that torch.profiler(profile_memory=True) records. Memory
-is deterministic, so it is measured once.
+counter, the running total of the allocations and frees that torch.profiler(profile_memory=True) records (its two
+`USDT:... profiler_start / profiler_stop` lines a call on stderr are dropped, nothing else: stderr_without_usdt).
+Memory is deterministic, so it is measured once.
 """
 
 import argparse
+import contextlib
 import copy
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -177,6 +180,26 @@ def ratio(t, a, b):
     return statistics.median(x / y for x, y in zip(t[a], t[b]))
 
 
+@contextlib.contextmanager
+def stderr_without_usdt():
+    """Every line written to stderr (fd 2, C++ included) inside the block, written out at its end, but for torch's
+    profiler's `USDT:... profiler_start` / `profiler_stop` (two per profile: hundreds per run). Kineto (torch
+    2.13) prints them at its USDT severity, the highest it has, above ERROR, so KINETO_LOG_LEVEL could drop them
+    only with its errors; here its errors, Python's warnings and tracebacks all still come out."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            os.write(2, b"".join(line for line in tmp if not line.startswith(b"USDT:")))
+
+
 def peak_memory(fn, device):
     """Peak bytes allocated during fn() above what was allocated when it began."""
     if device == "cuda":
@@ -186,7 +209,8 @@ def peak_memory(fn, device):
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    with stderr_without_usdt(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                                       profile_memory=True) as prof:
         fn()
     with tempfile.TemporaryDirectory() as tmp:
         prof.export_chrome_trace(os.path.join(tmp, "trace.json"))

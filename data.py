@@ -348,10 +348,10 @@ def _parquet_rows(path):
         raise
 
 
-def _hub_rows(name, source, split):
-    hint = (f"Pass path= to a local .jsonl/.json/.parquet file in the {source.repo} schema "
-            "(downloaded on a machine with hub access), or use the offline toy world "
-            "(python train.py --recipe tiny).")
+def _hub_rows(name, source, split, revision=None):
+    hint = (f"Pass a local .jsonl/.json/.parquet file in the {source.repo} schema, downloaded on a machine with "
+            "hub access (train.py's --data_path FILE, data.load's path=), or run the offline toy world: "
+            "python train.py --recipe tiny")
     try:
         import datasets
     except ImportError as e:
@@ -359,7 +359,8 @@ def _hub_rows(name, source, split):
     rows = []
     for config in source.configs:
         try:
-            rows += datasets.load_dataset(source.repo, config, split=source.splits[split]).to_list()
+            rows += datasets.load_dataset(source.repo, config, split=source.splits[split],
+                                          revision=revision).to_list()
         except Exception as e:  # offline, gated, renamed: all end here, with the way out
             raise RuntimeError(
                 f"could not load {name!r} from the Hugging Face hub ({source.repo}, config "
@@ -368,8 +369,9 @@ def _hub_rows(name, source, split):
     return rows
 
 
-def load(name, split, path=None, limit=None):
-    """The usable rows of dataset `name`'s `split`, from the hub or from a local `path`.
+def load(name, split, path=None, limit=None, revision=None):
+    """The usable rows of dataset `name`'s `split`, from the hub (at `revision`: a tag, branch or commit of its
+    repository; None: the newest) or from a local `path`.
 
     `limit` keeps the first `limit` usable rows (in file order). Unusable rows are reported in
     a warning with their count and excluded; if none is usable, ValueError.
@@ -381,7 +383,7 @@ def load(name, split, path=None, limit=None):
         raise ValueError(f"{name!r} has no split {split!r}; valid splits: {', '.join(source.splits)}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of rows or None, got {limit}")
-    raw = read_rows(path) if path is not None else _hub_rows(name, source, split)
+    raw = read_rows(path) if path is not None else _hub_rows(name, source, split, revision)
     rows, bad, outside = [], [], 0   # bad: (row number, why), row numbers 0-based in file order
     for i, r in enumerate(raw):
         try:

@@ -37,8 +37,10 @@ Paper: Butt et al., "Soft Tokens, Hard Truths" (arXiv 2509.19170), Sec. 4, Table
 
 Each call writes <out>/results_<label>.json (per checkpoint: every pass@k, per-problem correct counts, entropy
 profiles, OOD numbers), then rebuilds <out>/table.md from every results_*.json in <out>: run it once per
-method, same --out, and the table gets one row per label. --plots draws passk.png and entropy.png; --metrics
-draws training.png.
+method, same --out, and the table gets one row per label, with n and ± (LEGEND). Every generation is appended as
+it is made to <out>/cache/<checkpoint>.<part>.<digest>.generations.jsonl (results_<label>.json names them:
+generations), a row each: set, problem (index in the set), setting, sample, cot, answer, gold, correct, reward.
+--plots draws passk.png and entropy.png; --metrics draws training.png.
 
 Labels (default_label): --label, or from the --model paths. One checkpoint keeps its run's seed and its name,
 runs/tiny-fuzzy-s0/last -> tiny-fuzzy-s0-last (models/toy-slips-s0 -> toy-slips-s0, a hub name -> its last
@@ -51,15 +53,18 @@ loading anything, naming the file; pass another --label, or --overwrite. The sam
 Nothing finished is lost: each part of a checkpoint's evaluation (its noise sigma, each setting, each OOD set) is
 written the moment it is done to <out>/cache/<checkpoint>.<part>.<digest>.json (beside, then renamed), and a call
 whose part has the same key reads it from there instead ("reusing <part> of <checkpoint> from <file>"): rerun an
-interrupted or failed command and it goes on where it stopped. The numbers are those of an uninterrupted run (a
-test checks), because every chunk's rollout draws from its own generator seeded by (--seed, setting, first
-problem), never from what ran before it. The key (part_keys) holds the --model value, its folder, every file's
-size and modification time there (a retrained or replaced checkpoint misses), the training run's sigma, the
-dtype and device type, and the flags that change the part's numbers: dataset, data file (size, mtime), prompt,
-seed, limit, batch, CoT and answer caps, and n and k for a sample setting. Not in it: the code (delete
-<out>/cache after changing evaluate.py, softcot.py or rewards.py), a hub model's or hub dataset's revision (a hub
-name is its name). The process count is not needed: it does not change the numbers. Deleting <out>/cache is
-always safe; it costs only the time to compute its parts again.
+interrupted or failed command and it goes on where it stopped. Inside a setting it goes on from the first batch
+not finished: each batch's generations, then its numbers (<...>.batches.jsonl: correct counts, entropy sums),
+are appended the moment it is done, and a rerun cuts off what a kill left half written. The numbers are those
+of an uninterrupted run (a test checks), because every batch's rollout draws from its own generator seeded by
+(--seed, setting, first problem), never from what ran before it. The key (part_keys) holds the --model value,
+its folder, every file's size and modification time there (a retrained or replaced checkpoint misses), the
+training run's sigma, the dtype and device type, and the flags that change the part's numbers: dataset, data
+file (size, mtime), prompt, seed, limit, batch, CoT and answer caps, and n and k for a sample setting. Not in
+it: the code (delete <out>/cache after changing evaluate.py, softcot.py or rewards.py), a hub model's or hub
+dataset's revision (a hub name is its name). The process count is not needed: it does not change the numbers.
+Deleting <out>/cache is always safe; it costs the time to compute its parts again, and the generations go with
+it. One call at a time per --out: two calls of the same evaluation would append to the same files.
 
 Checks before a model runs: a --model folder that is cut short or damaged (runs.folder_problem: config and
 tokenizer JSON, safetensors lengths) is refused by the parser, naming it (exit code 2). After loading, before
@@ -71,9 +76,10 @@ when it was in the folder from the start (a folder without checkpoint.json, or a
 tokenizer); the model then reads other text than it learned and scores near 0% without an error.
 
 Reproducible: problems are cut into fixed chunks (--batch sequences each) and chunk j's rollout draws from a
-torch.Generator seeded by (--seed, setting, j's first problem); chunks go round-robin to the ranks and every
-per-problem number is all-reduced into its own slot. So a result depends on (checkpoint, --seed, --batch) and
-not on the process count: `torchrun --nproc_per_node 2` gives exactly the one-process numbers (a test checks).
+torch.Generator seeded by (--seed, setting, j's first problem); chunks go round-robin to the ranks, and their
+numbers are gathered and put together in chunk order, whoever ran them. So a result depends on (checkpoint,
+--seed, --batch) and not on the process count: `torchrun --nproc_per_node 2` gives exactly the one-process
+numbers (a test checks).
 """
 
 import argparse
@@ -89,10 +95,10 @@ import zlib
 
 import torch
 import torch.distributed as dist
-from matplotlib.figure import Figure   # no pyplot: no global backend switch, works headless and in notebooks
 from tqdm import tqdm
 
 import data
+import plots
 import rewards
 import smol
 import softcot
@@ -197,12 +203,14 @@ def _norm(text):
 
 
 def judge(answer_texts, items):
-    """(correctness per answer, grader errors): Math-Verify (Eq. 11's check) for maths items, the choice for
-    multiple choice. An error or timeout of the grader counts as not correct, and is counted (rewards.Scores)."""
+    """(correct, Eq. 11 reward, per answer; grader errors): Math-Verify (Eq. 11's check) for maths items, the
+    choice for multiple choice (rewarded 100 / 10 boxed / 0 likewise). A grader error or timeout counts as wrong,
+    and is counted (rewards.Scores)."""
     if "choices" in items[0]:
-        return [mc_correct(a, it) for a, it in zip(answer_texts, items)], 0
+        ok = [mc_correct(a, it) for a, it in zip(answer_texts, items)]
+        return ok, [100.0 if c else 10.0 if rewards.extract_boxed(a) else 0.0 for c, a in zip(ok, answer_texts)], 0
     s = rewards.score(answer_texts, [it["answer"] for it in items])
-    return s.correct, s.grader_errors
+    return s.correct, s.rewards, s.grader_errors
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -224,7 +232,8 @@ def _load(name, split, path):
 
 def load_sets(args):
     """(test items, {OOD name: items}). An item holds the rollout's `prompt`, the gold `answer`, MC rows'
-    `choices` and `label`, and for OOD items the NLL's `context` and `completion` (module docstring)."""
+    `choices` and `label`, for OOD items the NLL's `context` and `completion` (module docstring), and `problem`:
+    its index in the whole set, before --limit (the generations' problem id)."""
     splits = toy.toy_splits(args.seed) if args.dataset == "toy" or set(args.ood) & set(TOY_OOD) else {}
     if args.dataset == "toy":
         test = [dict(prompt=recipes.prompt_text(args.prompt, r["question"]), answer=toy.gold(r)) for r in splits["test"]]
@@ -246,41 +255,70 @@ def load_sets(args):
                               choices=r["choices"], label=r["label"], completion=r["answer"],
                               context=recipes.prompt_text(args.prompt, r["question"]) + softcot.PREFILL_CAPPED)
                          for r in _load(name, MC_SPLIT[name], path or None)]
+    test = [dict(r, problem=i) for i, r in enumerate(test)]
+    ood = {k: [dict(r, problem=i) for i, r in enumerate(v)] for k, v in ood.items()}
     return _subset(test, args.limit), {k: _subset(v, args.limit) for k, v in ood.items()}
 
 
 # ------------------------------------------------------------------------------------------------ one checkpoint
-def run_setting(args, model, tok, items, name, sigma, G, rank, world, desc):
+def run_setting(args, model, tok, items, name, sigma, G, rank, world, desc, file, set_name):
     """One inference setting on all items, G samples each: (correct counts (P,), entropy profile as a list,
     grader errors and timeouts).
 
-    Items are cut into chunks of max(1, batch // G) problems; chunk j runs on rank j % world with a generator
-    seeded by (seed, setting, first problem), so the numbers do not depend on the process count.
+    Items are cut into batches of max(1, batch // G) problems. Batch j draws from a generator seeded by (seed,
+    setting, its first problem): not by the process count, nor by the batches run before it in this process.
+    Rank 0 keeps each finished batch at once (under torchrun, all ranks' are gathered): its generations, then its
+    numbers (generation_files), and a rerun of a killed call runs only the batches not recorded there.
     """
-    mode, tau, noisy = softcot.SETTINGS[name]
-    per = max(1, args.batch // G)
-    starts = list(range(0, len(items), per))
-    correct = torch.zeros(len(items), dtype=torch.float64, device=model.device)            # (P,)
-    ent = torch.zeros(len(starts), args.max_cot_tokens, dtype=torch.float64, device=model.device)   # per chunk
+    starts = list(range(0, len(items), max(1, args.batch // G)))
+    gens, record = generation_files(file)
+    done = {b["batch"]: b for b in runs.appended(gens, record)} if rank == 0 else None   # an earlier call's
+    done = runtime.broadcast_object(done, world)
+    todo = [j for j in range(len(starts)) if j not in done]
+    if done and rank == 0:
+        print(f"{desc}: reusing {len(done)} of {len(starts)} batches of {name} from {record}", flush=True)
+    for i in tqdm(range(0, len(todo), world), desc=f"{desc} {name}", disable=rank != 0, dynamic_ncols=True):
+        j = todo[i + rank] if i + rank < len(todo) else None            # the last round may leave ranks idle
+        got = run_batch(args, model, tok, items, j, starts[j], name, sigma, G, set_name) if j is not None else None
+        for numbers, rows in filter(None, runtime.all_gather_object(got, world)):
+            if rank == 0:   # the generations first: a recorded batch always has them
+                runs.append_jsonl(record, [dict(numbers, bytes=runs.append_jsonl(gens, rows))])
+            done[numbers["batch"]] = numbers
+    correct = torch.zeros(len(items), dtype=torch.float64)                                 # (P,)
+    ent = torch.zeros(len(starts), args.max_cot_tokens, dtype=torch.float64)               # per batch
     cnt = torch.zeros_like(ent)
-    errors = torch.zeros(1, dtype=torch.float64, device=model.device)
-    for j in tqdm(range(rank, len(starts), world), desc=f"{desc} {name}", disable=rank != 0, dynamic_ncols=True):
-        s = starts[j]
-        chunk = items[s:s + per]
-        gen = torch.Generator(model.device).manual_seed(zlib.crc32(f"{args.seed}/{name}/{s}".encode()))
-        ro = softcot.rollout(model, tok, [it["prompt"] for it in chunk], mode=mode, tau=tau,
-                             sigma=sigma if noisy else 0.0, num_samples=G, max_cot_tokens=args.max_cot_tokens,
-                             max_answer_tokens=args.max_answer_tokens, answer_temperature=0.0, generator=gen)
-        ok, err = judge(ro.answer_text, [it for it in chunk for _ in range(G)])            # rows prompt-major
-        errors += err
-        correct[s:s + len(chunk)] = torch.tensor(ok, dtype=torch.float64).view(-1, G).sum(1).to(model.device)
-        e, c = cot_entropy(ro)
-        ent[j, :len(e)], cnt[j, :len(c)] = e, c
-    # each rank filled only its own slots (the others hold 0), so the sum is exact (x + 0 == x) and then the
-    # chunks are summed in one order whatever the process count
-    correct, ent, cnt, errors = (runtime.all_sum(x, world).cpu() for x in (correct, ent, cnt, errors))
-    ent, cnt = ent.sum(0), cnt.sum(0)                                                       # (T,), same order
-    return correct, (ent[cnt > 0] / cnt[cnt > 0]).tolist(), int(errors.item())
+    for j, s in enumerate(starts):                   # the same numbers, whichever call or rank ran each batch
+        b = done[j]
+        correct[s:s + len(b["correct"])] = torch.tensor(b["correct"], dtype=torch.float64)
+        ent[j, :len(b["entropy"])] = torch.tensor(b["entropy"], dtype=torch.float64)
+        cnt[j, :len(b["count"])] = torch.tensor(b["count"], dtype=torch.float64)
+    ent, cnt = ent.sum(0), cnt.sum(0)                                                       # (T,), one order
+    return correct, (ent[cnt > 0] / cnt[cnt > 0]).tolist(), sum(b["grader_errors"] for b in done.values())
+
+
+def run_batch(args, model, tok, items, j, s, name, sigma, G, set_name):
+    """Batch j of a setting, its problems from s on: (its numbers, its generations as rows of the jsonl)."""
+    mode, tau, noisy = softcot.SETTINGS[name]
+    chunk = items[s:s + max(1, args.batch // G)]
+    gen = torch.Generator(model.device).manual_seed(zlib.crc32(f"{args.seed}/{name}/{s}".encode()))
+    ro = softcot.rollout(model, tok, [it["prompt"] for it in chunk], mode=mode, tau=tau,
+                         sigma=sigma if noisy else 0.0, num_samples=G, max_cot_tokens=args.max_cot_tokens,
+                         max_answer_tokens=args.max_answer_tokens, answer_temperature=0.0, generator=gen)
+    per_row = [it for it in chunk for _ in range(G)]                                  # rows prompt-major
+    ok, reward, errors = judge(ro.answer_text, per_row)
+    e, c = cot_entropy(ro)
+    numbers = dict(batch=j, correct=[sum(ok[i * G:(i + 1) * G]) for i in range(len(chunk))],
+                   grader_errors=errors, entropy=e.tolist(), count=c.tolist())   # JSON keeps floats exactly
+    rows = [dict(set=set_name, problem=it["problem"], setting=name, sample=r % G, cot=ro.cot_text[r],
+                 answer=ro.answer_text[r], gold=it["answer"], correct=ok[r], reward=reward[r])
+            for r, it in enumerate(per_row)]
+    return numbers, rows
+
+
+def generation_files(file):
+    """The part cached in <name>.json: (<name>.generations.jsonl, <name>.batches.jsonl: run_batch's numbers)."""
+    name = file.removesuffix(".json")
+    return f"{name}.generations.jsonl", f"{name}.batches.jsonl"
 
 
 def run_nll(args, model, tok, items, rank, world, desc):
@@ -315,9 +353,9 @@ def evaluate_checkpoint(args, path, test, ood, rank, world, device, desc):
     """Everything for one checkpoint, as the dict saved in results_<label>.json (pass@k as fractions).
 
     In parts: the noise sigma, each setting, each OOD set. A part whose key (part_keys) is in <out>/cache is read
-    from there, and said so; every other part is computed and written there the moment it is done, so an
-    interrupted call loses only the part it was in. The model is loaded only if some part is missing, and its
-    tokenizer is checked before the first rollout (tokenizer_problem).
+    from there, and said so; every other part is computed and written there the moment it is done, and inside a
+    setting each batch is (run_setting), so an interrupted call loses only the batch it was in. The model is
+    loaded only if some part is missing, and its tokenizer is checked before the first rollout (tokenizer_problem).
 
     The "sample" settings' noise (Sec. 4): the sigma of the training run when `path` is a checkpoint of one
     (the paper's sample settings are the training variants, and a trained model's E, so its RMS, has moved),
@@ -349,12 +387,15 @@ def evaluate_checkpoint(args, path, test, ood, rank, world, device, desc):
     sigma, source = done["sigma"]["value"]["sigma"], done["sigma"]["value"]["sigma_source"]
     if rank == 0 and any(softcot.SETTINGS[name][2] for name in args.settings):
         print(f"{desc}: sample settings' noise sigma = {sigma:.4g} ({source})", flush=True)
-    out = dict(sigma=sigma, sigma_source=source, settings={}, correct={}, entropy={}, grader_errors={}, ood={})
+    out = dict(sigma=sigma, sigma_source=source, settings={}, correct={}, entropy={}, grader_errors={}, ood={},
+               generations={part: os.path.relpath(generation_files(files[part])[0], args.out)   # from --out
+                            for part in files if part != "sigma"})
     for name in args.settings:
         if name not in done:
             t0 = time.time()
             G = args.samples if name.endswith("_sample") else 1
-            correct, profile, errors = run_setting(args, model, tok, test, name, sigma, G, rank, world, desc)
+            correct, profile, errors = run_setting(args, model, tok, test, name, sigma, G, rank, world, desc,
+                                                   files[name], args.dataset)
             ks = args.k if G > 1 else [1]
             value = dict(settings={f"pass@{k}": statistics.fmean(pass_at_k(G, int(c), k) for c in correct) for k in ks},
                          correct=[int(c) for c in correct], entropy=profile, grader_errors=errors)
@@ -366,10 +407,10 @@ def evaluate_checkpoint(args, path, test, ood, rank, world, device, desc):
         if part not in done:
             t0 = time.time()
             correct, _, errors = run_setting(args, model, tok, items, "hard_greedy", 0.0, 1, rank, world,
-                                             f"{desc} {name}")
+                                             f"{desc} {name}", files[part], name)
             nll = run_nll(args, model, tok, items, rank, world, f"{desc} {name}")
             value = dict(accuracy=correct.mean().item(), nll=nll.mean().item(), problems=len(items),
-                         grader_errors=errors)
+                         grader_errors=errors, accuracy_se=stderr(correct.tolist()), nll_se=stderr(nll.tolist()))
             done[part] = store(files[part], keys[part], value, t0, rank)
         out["ood"][name] = done[part]["value"]
     errors = sum(out["grader_errors"].values()) + sum(v["grader_errors"] for v in out["ood"].values())
@@ -470,12 +511,28 @@ def tokenizer_problem(model, tok):
 
 
 # ------------------------------------------------------------------------------------------------ tables
-def mean_std(values, scale=100.0, digits=1):
-    """'76.7±1.8' over seeds (sample std); a single value alone, as the paper's no-finetune rows."""
+LEGEND = ("n: problems × samples per problem in the sample settings (greedy: 1); set n: problems. ±: *SE* (one "
+          "checkpoint) = sample std of the per-problem values (unbiased pass@k, correct, NLL) / sqrt(problems); "
+          "*std of N seeds* (a row of N checkpoints) = sample std of their N values: the seeds' spread, not an SE.")
+
+
+def stderr(values):
+    """One standard error of the mean of `values`: their sample std / sqrt(their count); None for one value."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+
+
+def mean_std(values, scale=100.0, digits=1, se=None):
+    """Several seeds: '76.7±1.8', their mean ± sample std. One checkpoint: '76.7±0.9', its value ± `se`, one
+    standard error over the problems (the value alone without it)."""
     v = [scale * x for x in values]
     if len(v) == 1:
-        return f"{v[0]:.{digits}f}"
+        return f"{v[0]:.{digits}f}" + (f"±{scale * se:.{digits}f}" if se is not None else "")
     return f"{statistics.fmean(v):.{digits}f}±{statistics.stdev(v):.{digits}f}"
+
+
+def spread(ckpts):
+    """What a row's ± is (LEGEND): SE for one checkpoint, the std of the seeds for several."""
+    return "SE" if len(ckpts) == 1 else f"std of {len(ckpts)} seeds"
 
 
 def _markdown(head, lines):
@@ -484,108 +541,46 @@ def _markdown(head, lines):
 
 
 def format_table(rows):
-    """Tables 3-5 from {label: [checkpoint results]}: HG HS HS32 | FG FS FS32 | SG SS SS32, in percent.
+    """Tables 3-5 from {label: [checkpoint results, each with its call's `samples`]}: n, what ± is (LEGEND),
+    HG HS HS32 | FG FS FS32 | SG SS SS32, in percent.
 
     G = greedy pass@1, S = sample pass@1, S32 = sample pass@K for the largest K evaluated (32 at n = 32).
     """
     K = max((int(key[5:]) for ckpts in rows.values() for r in ckpts for s in r["settings"].values() for key in s),
             default=1)
-    head = ["model"] + [f"{m[0].upper()}{c}" for m in TABLE_ORDER for c in ("G", "S", f"S{K}")]
+    head = ["model", "n", "±"] + [f"{m[0].upper()}{c}" for m in TABLE_ORDER for c in ("G", "S", f"S{K}")]
     lines = []
     for label, ckpts in rows.items():
-        cells = [label]
+        n = ckpts[0]["samples"]
+        cells = [label, f"{len(next(iter(ckpts[0]['correct'].values()), []))}×{n}", spread(ckpts)]
         for m in TABLE_ORDER:
             for setting, key in ((f"{m}_greedy", "pass@1"), (f"{m}_sample", "pass@1"), (f"{m}_sample", f"pass@{K}")):
-                vals = [r["settings"][setting][key] for r in ckpts if key in r["settings"].get(setting, {})]
-                cells.append(mean_std(vals) if vals else "–")
+                got = [r for r in ckpts if key in r["settings"].get(setting, {})]
+                G, k = (n if setting.endswith("_sample") else 1), int(key[5:])
+                se = stderr([pass_at_k(G, c, k) for c in got[0]["correct"][setting]]) if len(got) == 1 else None
+                cells.append(mean_std([r["settings"][setting][key] for r in got], se=se) if got else "–")
         lines.append(cells)
     return _markdown(head, lines)
 
 
 def format_ood_table(rows):
-    """Table 2 from {label: [checkpoint results]}: accuracy (%) and NLL per token of the correct answer, per set."""
+    """Table 2 from {label: [checkpoint results]}: what ± is (LEGEND), then per set its problem count n, the
+    accuracy (%) and the NLL per token of the correct answer."""
     names = list(dict.fromkeys(n for ckpts in rows.values() for r in ckpts for n in r["ood"]))
-    head = ["model"] + [f"{n} {what}" for n in names for what in ("acc", "NLL")]
+    head = ["model", "±"] + [f"{n} {what}" for n in names for what in ("n", "acc", "NLL")]
     lines = []
     for label, ckpts in rows.items():
-        cells = [label]
+        cells = [label, spread(ckpts)]
         for n in names:
             got = [r["ood"][n] for r in ckpts if n in r["ood"]]
-            cells += [mean_std([g["accuracy"] for g in got]) if got else "–",
-                      mean_std([g["nll"] for g in got], scale=1.0, digits=3) if got else "–"]
+            if not got:
+                cells += ["–"] * 3
+                continue
+            one = got[0] if len(got) == 1 else {}      # SE: one checkpoint's (results from before SEs have none)
+            cells += [str(got[0]["problems"]), mean_std([g["accuracy"] for g in got], se=one.get("accuracy_se")),
+                      mean_std([g["nll"] for g in got], scale=1.0, digits=3, se=one.get("nll_se"))]
         lines.append(cells)
     return _markdown(head, lines)
-
-
-# ------------------------------------------------------------------------------------------------ plots
-COLORS = {"hard": "tab:red", "fuzzy": "tab:blue", "soft": "tab:green"}
-
-
-def plot_entropy(rows, path):
-    """Fig. 4 / App. G.3: the CoT entropy profile of each setting, one panel per label, seeds by opacity."""
-    fig = Figure(figsize=(5 * len(rows), 3.5))
-    axes = fig.subplots(1, len(rows), squeeze=False, sharey=True)
-    for ax, (label, ckpts) in zip(axes[0], rows.items()):
-        for name, (mode, _, _) in softcot.SETTINGS.items():
-            for i, r in enumerate(ckpts):
-                if r["entropy"].get(name):
-                    ax.plot(r["entropy"][name], color=COLORS[mode], ls="-" if name.endswith("greedy") else "--",
-                            alpha=1.0 - 0.6 * i / max(1, len(ckpts) - 1), label=name if i == 0 else None)
-        ax.set(title=label, xlabel="CoT position t", ylabel="mean next-token entropy (nats)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-def plot_pass_at_k(rows, path):
-    """Fig. 3: sample pass@k against k for each sample setting, one panel per label, mean ± std over seeds."""
-    fig = Figure(figsize=(4.5 * len(rows), 3.5))
-    axes = fig.subplots(1, len(rows), squeeze=False, sharey=True)
-    for ax, (label, ckpts) in zip(axes[0], rows.items()):
-        ks = sorted({int(key[5:]) for r in ckpts for s in r["settings"].values() for key in s})
-        for mode in TABLE_ORDER:
-            got = [r["settings"][f"{mode}_sample"] for r in ckpts if f"{mode}_sample" in r["settings"]]
-            if got:
-                vals = [[100 * g[f"pass@{k}"] for g in got] for k in ks]       # (k, seed)
-                ax.errorbar(ks, [statistics.fmean(v) for v in vals], capsize=3, marker="o", color=COLORS[mode],
-                            yerr=[statistics.stdev(v) if len(v) > 1 else 0 for v in vals], label=f"{mode} sample")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set(title=label, xlabel="k", ylabel="pass@k (%)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-CURVES = (("reward", "training reward"), ("accuracy", "training accuracy"), ("val_acc", "greedy validation accuracy"),
-          ("cot_entropy", "CoT entropy (nats)"), ("grad_norm", "gradient norm (before clipping)"))
-
-
-def plot_training(paths, path):
-    """Fig. 2: training curves from train.py's metrics.jsonl files, one line per run (named by its folder)."""
-    logs = {os.path.basename(os.path.dirname(os.path.abspath(p))): [json.loads(x) for x in open(p) if x.strip()]
-            for p in paths}
-    curves = [(k, t) for k, t in CURVES if any(k in m for ms in logs.values() for m in ms)]
-    fig = Figure(figsize=(4 * len(curves), 3.2))
-    axes = fig.subplots(1, len(curves), squeeze=False)
-    for ax, (key, title) in zip(axes[0], curves):
-        for label, ms in logs.items():
-            pts = [(m["step"], m[key]) for m in ms if key in m]
-            if not pts:
-                continue
-            if key == "val_acc":        # a few points: draw them as they are
-                ax.plot(*zip(*pts), marker="o", ms=3, lw=1, label=label)
-                continue
-            # per-step values of a 64-sequence batch are noisy: a faint raw line, and its trailing 10-step
-            # median (robust to the gradient norm's spikes)
-            steps, vals = zip(*pts)
-            line, = ax.plot(steps, vals, lw=0.6, alpha=0.3)
-            smooth = [statistics.median(vals[max(0, i - 9):i + 1]) for i in range(len(vals))]
-            ax.plot(steps, smooth, lw=1.5, color=line.get_color(), label=label)
-        ax.set(title=title, xlabel="step", yscale="log" if key == "grad_norm" else "linear")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -780,19 +775,20 @@ def main(argv=None):
                           world_size=world, checkpoints=ckpts)
             runs.write_json(os.path.join(args.out, f"results_{file_name(args.label)}.json"), result, indent=1)
         files = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(args.out, "results_*.json")))]
-        rows = {r["label"]: r["checkpoints"] for r in files}
+        rows = {r["label"]: [dict(c, samples=r["samples"]) for c in r["checkpoints"]] for r in files}
         if rows:
             sets = ", ".join(sorted({r["dataset"] for r in files}))
             table = f"## {sets} test (Tables 3-5)\n\n{format_table(rows)}\n"
             if any(c["ood"] for checkpoints in rows.values() for c in checkpoints):
                 table += f"\n## Out of domain (Table 2)\n\n{format_ood_table(rows)}\n"
+            table += f"\n{LEGEND}\n"
             open(os.path.join(args.out, "table.md"), "w").write(table)
             print(table)
             if args.plots:
-                plot_pass_at_k(rows, os.path.join(args.out, "passk.png"))
-                plot_entropy(rows, os.path.join(args.out, "entropy.png"))
+                plots.plot_pass_at_k(rows, os.path.join(args.out, "passk.png"))
+                plots.plot_entropy(rows, os.path.join(args.out, "entropy.png"))
         if args.metrics:
-            plot_training(args.metrics, os.path.join(args.out, "training.png"))
+            plots.plot_training(args.metrics, os.path.join(args.out, "training.png"))
         print(f"wrote {args.out}/")
     if world > 1:
         dist.barrier()   # rank 0 writes the tables last: the others keep gloo up until it is done

@@ -18,11 +18,10 @@ import random
 import re
 
 import data
-import runs
-import runtime
-import smol
-import softcot
-import toy
+
+# Nothing here imports torch at import time: train.py builds its parser from this file before torch and
+# transformers are loaded (5-7 s), so `python train.py -h` answers at once. The functions that make models, files
+# or prompts import runs, runtime, smol, softcot and toy (which all load torch) where they use them.
 
 # ------------------------------------------------------------------------------------------------ recipes
 # The paper's five settings (Sec. 4, App. D) and the offline ones. Every field is also a train.py flag. The global
@@ -59,28 +58,61 @@ def recipe_of(argv, default):
     return name, RECIPES[name]
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """-h: the docstring and the recipes' table as written, and each flag's default (the --recipe's) after its help."""
+
+
+def table():
+    """RECIPES as a text table, one row each: what `--recipe NAME` sets (the end of train.py -h)."""
+    head = ("recipe", "model", "dataset", "steps", "B x G", "lr", "CoT (val)", "answer", "val/every")
+    rows = [head] + [(name, r["model"], r["dataset"], str(r["steps"]), f"{r['prompts_per_step']} x {r['samples']}",
+                      f"{r['lr']:g}", f"{r['max_cot_tokens']} ({r['val_cot_tokens']})", str(r["max_answer_tokens"]),
+                      f"{r['val_size']}/{r['val_every']}")
+                     for name, r in RECIPES.items()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    return "recipes (--recipe NAME sets these defaults; any flag overrides its own):\n" + "\n".join(
+        "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def settings_lines(parser, settings):
+    """The settings a command runs with (settings: its flags by name), one line per group of `parser`'s flags."""
+    lines = []
+    for group in parser._action_groups:   # argparse keeps its groups private; reading them is stable since 3.2
+        flags = [a.dest for a in group._group_actions if a.dest in settings]
+        if flags:
+            lines.append(f"{group.title}: " + ", ".join(f"{k} {settings[k]}" for k in flags))
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------ prompts
-# --prompt: each a template with App. B's QUESTION placeholder (data.format_prompt fills it)
-PROMPTS = {"paper": data.PROMPT, "toy": toy.TOY_PROMPT.format(question=data.PLACEHOLDER),
-           "smol": smol.SYSTEM_PROMPT, "smol-chat": smol.CHAT_PROMPT}
+# --prompt: each names a template with App. B's QUESTION placeholder (prompt_text fills it)
+PROMPTS = ("paper", "toy", "smol", "smol-chat")
 PROMPT_HELP = ("paper: App. B; toy: the toy world's short prompt; smol: App. B's instruction as SmolLM2's system "
                "turn, the question as the user turn; smol-chat: App. B as the user turn of SmolLM2's chat template")
 
 
 def prompt_text(prompt, question):
-    """The prompt named `prompt` (a key of PROMPTS) with the question in it."""
-    return data.format_prompt(question, template=PROMPTS[prompt])
+    """The prompt named `prompt` (one of PROMPTS) with the question in it: App. B's template (data.PROMPT), the toy
+    world's (toy.TOY_PROMPT) or SmolLM2's chat turns (smol.py)."""
+    import smol
+    import toy
+    template = {"paper": data.PROMPT, "toy": toy.TOY_PROMPT.format(question=data.PLACEHOLDER),
+                "smol": smol.SYSTEM_PROMPT, "smol-chat": smol.CHAT_PROMPT}[prompt]
+    return data.format_prompt(question, template=template)
 
 
 # ------------------------------------------------------------------------------------------------ models
 HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")     # org/name: a model on the Hugging Face hub, not a local folder
-MADE_HERE = tuple(toy.WORLDS) + ("smol",)     # --model names whose folder is made (or found) by the code
+MADE_HERE = ("toy", "toy-calibrated", "toy-slips", "smol")   # --model names whose folder the code makes (or finds):
+                                                             # toy.WORLDS and smol.py (a test keeps them equal)
 
 
 def cache_problem(model, seed):
     """Why the --model that is made once on this machine (a toy world's base model not shipped for this seed, or
     SmolLM2 converted from PyPI) has nowhere to go, or None: checked by every tool's parser, so that an unwritable
     cache ends the command at once instead of after minutes of supervised training."""
+    import runs
+    import toy
     shipped = model in toy.WORLDS and toy.shipped_world(model, seed)
     if (model in toy.WORLDS or model == "smol") and not shipped:
         problem = runs.unwritable(runs.cache_root())
@@ -92,6 +124,8 @@ def cache_problem(model, seed):
 
 def model_problem(model):
     """Why `model` (a --model value) names nothing loadable, or None. Cheap: no weights are read."""
+    import smol
+    import toy
     if model == "smol":
         try:
             smol.gguf_folder()
@@ -108,9 +142,15 @@ def model_problem(model):
     return None
 
 
-def model_path(model, seed, rank=0, world=1):
+def model_path(model, seed, rank=0, world=1, revision=None):
     """A --model value as a loadable path. The toy worlds (toy.WORLDS; `seed` picks the base model) and 'smol'
-    are made or found by rank 0 first, then read by all; anything else is passed through."""
+    are made or found by rank 0 first, then read by all; a hub name with a `revision` (--model_revision) is fetched
+    at that revision (hub_snapshot); anything else is passed through."""
+    import runtime
+    import smol
+    import toy
+    if revision:
+        return hub_snapshot(model, revision, rank, world)
     if model in toy.WORLDS:
         if rank == 0:
             toy.base_model(seed=seed, **toy.WORLDS[model])
@@ -127,12 +167,43 @@ def model_path(model, seed, rank=0, world=1):
     return model
 
 
+def hub_snapshot(model, revision, rank=0, world=1):
+    """The local folder of hub model `model` at `revision` (a tag, branch or commit), fetched by rank 0 and named to
+    every rank: config, tokenizer and weights are then all read from that one commit's snapshot, by every loader
+    (the memory plan's config, the tokenizer, DDP's or FSDP's weights), with no revision to pass to each."""
+    import runtime
+    from huggingface_hub import snapshot_download
+    path = None
+    if rank == 0:
+        try:   # the files from_pretrained reads (not, e.g., Llama's original/*.pth second copy of the weights)
+            path = snapshot_download(model, revision=revision, allow_patterns=[
+                "*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"])
+        except Exception as e:   # noqa: BLE001 - offline, gated, no such revision: each ends in this one line
+            raise SystemExit(f"--model {model} --model_revision {revision}: cannot fetch it from the hub "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); a gated model needs `hf auth "
+                             "login` and its licence accepted; without hub access pass a local folder (--model "
+                             "PATH), or run the whole method offline: python train.py --recipe tiny") from None
+    return runtime.broadcast_object(path, world)
+
+
 # ------------------------------------------------------------------------------------------------ data
+def revision_problem(model, model_revision, dataset, data_path, data_revision):
+    """Why --model_revision / --data_revision cannot apply, or None: only the hub has revisions, so a local folder,
+    a data file, a toy world or the generated problems with one are refused rather than the pin silently ignored."""
+    if model_revision is not None and not (HUB_NAME.fullmatch(model) and not os.path.isdir(model)):
+        return (f"--model_revision {model_revision}: --model {model} is not a hub name (org/name), and a local "
+                "folder or a toy world has no revisions; leave the flag out")
+    if data_revision is not None and (dataset not in data.DATASETS or data_path is not None):
+        why = f"--data_path {data_path} is a local file" if data_path else f"--dataset {dataset} is made here"
+        return f"--data_revision {data_revision}: only the hub has revisions, and {why}; leave the flag out"
+    return None
+
+
 def trainable_datasets():
     return [n for n, s in data.DATASETS.items() if "train" in s.splits] + ["toy", "smol"]
 
 
-def load_problems(dataset, out, seed, val_size, data_path=None, prompts_per_step=None):
+def load_problems(dataset, out, seed, val_size, data_path=None, prompts_per_step=None, revision=None):
     """(train, val) lists of {question, answer}; val is a fixed held-out slice of the training split. The toy
     problems are written into the run folder `out` as a GSM8K-schema file (toy_train.jsonl) and read back through
     the GSM8K loader, so they take the code path of the paper's data.
@@ -142,7 +213,11 @@ def load_problems(dataset, out, seed, val_size, data_path=None, prompts_per_step
     construction). With `prompts_per_step` (--prompts_per_step), rows too few for the split and one batch raise
     ValueError with check_split's message before anything is split. Every ValueError from here (that one, a data
     file that cannot be read, a file without a usable row) is one line meant for the user: end the run with it,
-    `except ValueError as e: raise SystemExit(str(e))`, not with a traceback."""
+    `except ValueError as e: raise SystemExit(str(e))`, not with a traceback; so is a RuntimeError (the hub out
+    of reach, data.load). revision: the hub dataset's (--data_revision), for datasets.load_dataset."""
+    import runs
+    import smol
+    import toy
     if dataset == "toy":
         rows = toy.make_rows(4000, seed, split="train") + toy.make_rows(val_size, seed, split="val")
         _need_split(len(rows), val_size, prompts_per_step)
@@ -151,7 +226,7 @@ def load_problems(dataset, out, seed, val_size, data_path=None, prompts_per_step
     if dataset == "smol":  # a GSM8K-schema file: data_path, or the toy problems in English written here
         data_path = data_path or smol.write_problems(os.path.join(out, "smol_train.jsonl"), 4000, seed)
     name = "gsm8k" if dataset == "smol" else dataset
-    rows = data.drop_repeated_questions(data.load(name, "train", path=data_path),
+    rows = data.drop_repeated_questions(data.load(name, "train", path=data_path, revision=revision),
                                         f"{name}/train" + (f" ({data_path})" if data_path else ""))
     _need_split(len(rows), val_size, prompts_per_step)
     return data.split_train_val(rows, val_size, seed=SPLIT_SEED)
@@ -195,6 +270,7 @@ def check_prompt_lengths(rows, tokenizer, prompt_name, max_cot_tokens, max_answe
         check_prompt_lengths(val, tok, args.prompt, args.val_cot_tokens, args.max_answer_tokens, n)
     Every prompt is tokenized once, in one batched tokenizer call.
     """
+    import softcot
     if max_positions is None:
         return None
     prefill = max(len(tokenizer(t, add_special_tokens=False).input_ids)

@@ -5,7 +5,9 @@ what --resume checks, restores and prints; Ctrl-C in the training loop; the line
 Paper: none of this is in the paper (a 4000-step run on 8 GPUs is killed and resumed in practice). The rule every
 function here keeps: a folder is written beside its final name and renamed into place, so a killed process leaves
 the last complete version, never a half-written one; and a folder is checked (headers, not weights) before it is
-used, so a damaged one is named with what is wrong instead of failing deep inside a loader.
+used, so a damaged one is named with what is wrong instead of failing deep inside a loader. Files too large to
+rewrite (evaluate.py's generations) are appended instead, and cut back on reading to the last unit of work their
+record lists (append_jsonl, appended).
 
     runs.cache_path("toy-base-s0", settings)     # <cache>/<name>-<hash of settings>: never stale
     runs.save_checkpoint("runs/x/last", lm, tok, state, keep_previous=True)
@@ -14,15 +16,19 @@ used, so a damaged one is named with what is wrong instead of failing deep insid
 
 import atexit
 import hashlib
+import importlib.metadata
 import json
 import os
+import platform
 import shlex
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 
 import torch
 from transformers import AutoConfig
@@ -80,6 +86,51 @@ def write_jsonl(rows, path):
 def write_json(path, obj, indent=None):
     """One JSON document, atomically (write_text)."""
     return write_text(path, json.dumps(obj, indent=indent))
+
+
+def append_jsonl(path, rows):
+    """`rows` appended to `path`, one JSON object a line, and handed to the OS at once: a killed process leaves at
+    most a torn last line (complete_jsonl cuts it off; a machine crash may lose more). Returns the file's size."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+        return f.tell()
+
+
+def complete_jsonl(path):
+    """The rows of an append-only jsonl up to its first line that is not complete JSON (a kill mid-write), which is
+    cut off with all after it, so the next append starts a line. [] for no file."""
+    rows, size = [], 0
+    if not os.path.exists(path):
+        return rows
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                break
+            if not line.endswith(b"\n"):   # `{"a": 1}` cut before its newline parses, but is torn too
+                break
+            rows.append(row)
+            size += len(line)
+    os.truncate(path, size)
+    return rows
+
+
+def appended(data, record):
+    """The rows of `record`, a jsonl that follows the jsonl `data`: each unit of work appends its rows to `data`,
+    then one row to `record` whose `bytes` is `data`'s size after them. A kill can leave a torn last line in
+    either, or rows in `data` without their record row: all cut off here, so `data` holds exactly the work
+    `record` lists. A `data` shorter than `record` says (removed, replaced) means neither can be trusted: both
+    are emptied and [] returned."""
+    rows = complete_jsonl(record)
+    end = rows[-1]["bytes"] if rows else 0
+    if (os.path.getsize(data) if os.path.exists(data) else 0) < end:
+        rows, end = [], 0
+        open(record, "w").close()
+    if os.path.exists(data):
+        os.truncate(data, end)
+    return rows
 
 
 def save_atomically(path, model, tok, notes_name, notes):
@@ -151,8 +202,10 @@ def reuse_cached(path, what):
 # ------------------------------------------------------------------------------------------------ checkpoints
 def nonfinite(tensors):
     """The name of the first floating-point tensor of a {name: tensor} dict that holds NaN or inf, or None."""
+    # a sum is finite when every element is (30x faster than isfinite().all() on E); an overflowing sum of finite
+    # values is told apart by the full check, which only runs then
     return next((k for k, t in tensors.items() if torch.is_tensor(t) and t.is_floating_point()
-                 and not torch.isfinite(t).all()), None)
+                 and not torch.isfinite(t.sum()) and not torch.isfinite(t).all()), None)
 
 
 def sha256(path):
@@ -200,8 +253,11 @@ def save_checkpoint(path, lm, tok, state=None, weights=None, keep_previous=False
                          "is kept: free space (or fix the permissions) and continue with --resume") from None
     old = path + (".prev" if keep_previous else ".old")
     if os.path.exists(path):
-        if keep_previous and checkpoint_problem(path):   # damaged (a resume went past it): no fallback, drop it
-            shutil.rmtree(path)                          # and keep <path>.prev
+        if keep_previous and (problem := checkpoint_problem(path)):   # damaged (a resume went past it): no fallback;
+            shutil.rmtree(path + ".damaged", ignore_errors=True)       # <path>.prev stays, and the damaged one is
+            os.replace(path, path + ".damaged")                         # set aside, not deleted on one failed read
+            print(f"{path} could not be read ({problem}): kept as {path}.damaged, and {old} as the fallback",
+                  flush=True)
         else:
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
@@ -241,8 +297,10 @@ def checkpoint_problem(folder, run_id=None, verify=False):
     except (OSError, ValueError) as e:   # JSON, but not a model's configuration
         return f"config.json: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
     try:
-        state = torch.load(os.path.join(folder, "trainer_state.pt"), mmap=True, weights_only=False)
+        state = load_trainer_state(folder)
         state["step"]
+    except MemoryError:   # this process's memory, not the file: never a reason to call a checkpoint damaged
+        raise
     except Exception as e:   # noqa: BLE001 - any failure to read it (truncated zip, bad pickle, no key) = unusable
         return f"trainer_state.pt cannot be read ({type(e).__name__}: {str(e).split('. ')[0][:200]})"
     manifest = read_manifest(folder)
@@ -252,6 +310,13 @@ def checkpoint_problem(folder, run_id=None, verify=False):
         return content_problem(folder, manifest) or \
             (f"trainer_state.pt holds NaN or inf ({bad})" if (bad := nonfinite(flatten(state))) else None)
     return None
+
+
+def load_trainer_state(folder):
+    """trainer_state.pt, memory-mapped onto the CPU whatever device it was saved from: the optimizer state of a
+    multi-GPU run is saved from cuda:0, and a plain torch.load would put every rank's copy on GPU 0 (3B: ~24 GiB
+    each). The optimizer moves each state to its parameter's device as it loads them (train.restore)."""
+    return torch.load(os.path.join(folder, "trainer_state.pt"), map_location="cpu", mmap=True, weights_only=False)
 
 
 def read_manifest(folder):
@@ -307,7 +372,20 @@ RESUME_MAY_CHANGE = {
     "micro_batch": "memory against time: the same gradient up to float rounding (the order of the sums)",
     "fsdp": "memory: where the weights and optimizer states live, not what they are",
     "grad_ckpt": "memory against time: the activations are recomputed, not changed",
+    "report_to": "where the metrics are also sent (report.py), not what they are",
 }
+ASKED_ANEW = ("resume", "overwrite", "out", "stop_after")   # what each command says for itself, never inherited
+
+
+def resume_defaults(out):
+    """--resume: the settings of the run in `out` (config.json), which a resume takes for every flag it does not
+    pass, so that `train.py --out DIR --resume` continues the run as it was started; a flag passed that differs
+    is then refused by check_resume unless RESUME_MAY_CHANGE allows it. {} if config.json cannot be read (and
+    check_resume says why). ASKED_ANEW are left out: a pause point or --overwrite belongs to one command."""
+    try:
+        return {k: v for k, v in run_config(out).items() if k not in ASKED_ANEW}
+    except (OSError, ValueError):
+        return {}
 
 
 def check_resume(out, settings, stop_after):
@@ -322,15 +400,15 @@ def check_resume(out, settings, stop_after):
     changed = [f"--{k} {settings[k]} (the run has {run[k]})" for k in run
                if k in settings and k not in RESUME_MAY_CHANGE and settings[k] != run[k]]
     if changed:
-        return (f"--resume: {', '.join(changed)}: these would change the run in {out}; resume with its "
-                f"settings (config.json), or start a new run with another --out. A resume may change "
-                f"{', '.join('--' + k for k in RESUME_MAY_CHANGE if k not in ('resume', 'out'))}")
+        return (f"--resume: {', '.join(changed)}: these would change the run in {out}; leave them out to continue "
+                f"with the run's own (config.json), or start a new run with another --out. A resume may change "
+                f"{', '.join('--' + k for k in RESUME_MAY_CHANGE if k not in ('resume', 'out', 'overwrite'))}")
     problems = {c: checkpoint_problem(c, run.get("run_id")) for c in checkpoints(out)}
     usable = [c for c, problem in problems.items() if problem is None]
     if not usable:
         why = "; ".join(f"{c}: {problem}" for c, problem in problems.items())
         return f"--resume: no complete checkpoint of this run in {out} ({why}); start again without --resume"
-    step = torch.load(os.path.join(usable[0], "trainer_state.pt"), mmap=True, weights_only=False)["step"]
+    step = load_trainer_state(usable[0])["step"]
     if stop_after is not None and stop_after <= step:
         return (f"--stop_after {stop_after}: the checkpoint {usable[0]} is at step {step} already; pass a "
                 "later step, or leave --stop_after out to run to the end")
@@ -416,8 +494,9 @@ def record_resume(out, settings, world, step):
 
 
 # ------------------------------------------------------------------------------------------------ one run a folder
+# what a run writes into --out (tensorboard/ and wandb/ with --report_to); anything else there (your notes) is left alone
 STATE = ("config.json", "metrics.jsonl", "samples.jsonl", "resumes.jsonl", "best", "best.tmp", "best.old", "last",
-         "last.tmp", "last.prev")   # what a run writes into --out; anything else there (your notes) is left alone
+         "last.tmp", "last.prev", "last.damaged", "training.png", "tensorboard", "wandb")
 
 
 def model_folder_above(out):
@@ -539,15 +618,18 @@ def release_run(out):
         pass
 
 
-def resume_command(argv, world):
-    """The command that continues this run: the same flags (less --stop_after) plus --resume."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    for i, a in enumerate(argv):
-        if a.startswith("--stop_after"):
-            del argv[i:i + (1 if "=" in a else 2)]
-            break
+def resume_command(settings, world):
+    """The command that continues this run (settings: its parsed flags, by name): --out and --resume, which read
+    the rest from config.json (resume_defaults), and the flags this command changed that a resume may change
+    (a --micro_batch that made it fit, say): config.json keeps the run's start, not the last resume's."""
+    run = run_config(settings["out"])
+    flags = ["--out", settings["out"]]
+    for k in RESUME_MAY_CHANGE:
+        if k not in ASKED_ANEW and k in run and settings[k] != run[k]:
+            v = settings[k]
+            flags += [f"--{k}" if v else f"--no-{k}"] if isinstance(v, bool) else [f"--{k}", str(v)]
     launcher = "torchrun [the same options] train.py" if world > 1 else "python train.py"
-    return " ".join([launcher] + [shlex.quote(a) for a in argv] + ([] if "--resume" in argv else ["--resume"]))
+    return " ".join([launcher] + [shlex.quote(a) for a in flags] + ["--resume"])
 
 
 def catch_stop_signals(world, device):
@@ -596,3 +678,46 @@ def run_summary(out, seconds, steps):
     return (f"done: greedy validation {base:.3f} (base) -> {best:.3f} (best, step {best_step}) -> {final:.3f} "
             f"(final, step {final_step}), {final - base:+.3f} final - base; {steps} steps in {seconds:.0f} s "
             f"({steps / max(seconds, 1e-9):.2f} steps/s)")
+
+
+def logged_time(out):
+    """The run's wall time so far: the `time` of the last line of <out>/metrics.jsonl (after trim_logs, the
+    checkpoint's step), 0.0 for a new run. A resume adds its own seconds to it, so `time` counts every process
+    that worked on the run, not the hours it lay stopped between them."""
+    path = os.path.join(out, "metrics.jsonl")
+    lines = [json.loads(x) for x in open(path)] if os.path.exists(path) else []
+    return lines[-1].get("time", 0.0) if lines else 0.0
+
+
+# ------------------------------------------------------------------------------------------------ provenance
+LIBRARIES = ("torch", "transformers", "tokenizers", "huggingface-hub", "safetensors", "datasets", "math-verify",
+             "numpy")
+
+
+def provenance(device):
+    """What config.json records about where a run started, to cite it and find it again: the code's git commit
+    and whether tracked files had uncommitted changes (None for both outside a git checkout, e.g. a fork's
+    tarball), the Python and library versions, the device and the start time (ISO 8601, UTC)."""
+    here = os.path.dirname(os.path.realpath(__file__))
+
+    def git(*cmd):
+        try:
+            p = subprocess.run(["git", *cmd], cwd=here, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):   # no git installed, or it hung
+            return None
+        return p.stdout.strip() if p.returncode == 0 else None
+
+    def version(name):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    # this checkout's commit, not that of a repository the code was unpacked inside
+    commit = git("rev-parse", "HEAD") if git("rev-parse", "--show-toplevel") == here else None
+    changes = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    return dict(git_commit=commit, git_dirty=None if changes is None else changes != "",
+                versions=dict(python=platform.python_version()) | {n: version(n) for n in LIBRARIES},
+                device=name, started=datetime.now(timezone.utc).isoformat(timespec="seconds"))

@@ -14,13 +14,14 @@ One step:
 
     python train.py --recipe tiny --mode fuzzy                          # offline toy world, CPU, minutes
     torchrun --standalone --nproc_per_node 8 train.py --mode fuzzy      # the paper: Llama-3.2-3B-Instruct, GSM8K
-    python train.py --recipe tiny --mode soft --out runs/x --resume     # continue a killed run
+    python train.py --out runs/tiny-fuzzy-s0 --resume                   # continue a stopped run (its config.json)
 
 What is deliberately absent, because the paper has none of it: a KL penalty or reference model, PPO ratios and
 clipping, advantage standard-deviation normalisation, an entropy bonus, several updates per batch. Ours, and
 documented: gradient-norm clipping (--grad_clip), skipping a step whose gradient is not finite.
 This file is the parser, the step, validation and the loop; below it: recipes.py (settings, data, seeds),
-runtime.py (processes, precision, loading, FSDP), runs.py (checkpoints, resume), memory.py (the memory plan).
+runtime.py (processes, precision, loading, FSDP), runs.py (checkpoints, resume), memory.py (the memory plan),
+report.py (--report_to: TensorBoard, wandb), plots.py (<out>/training.png).
 """
 
 import argparse
@@ -32,37 +33,28 @@ import sys
 import time
 from contextlib import nullcontext
 
-import torch
-import torch.distributed as dist
-from tqdm import tqdm
-
 import data
-import memory
 import recipes
-import rewards
-import rloo
-import runs
-import runtime
-import softcot
-import toy
+import report
 
 
-def parse_args(argv=None):
-    _, recipe = recipes.recipe_of(argv, default="llama3b-gsm8k")
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=recipes.HelpFormatter, epilog=recipes.table())
     p.add_argument("--recipe", default="llama3b-gsm8k", choices=sorted(recipes.RECIPES),
                    help="a row of recipes.RECIPES: the paper's settings, or 'tiny' (offline toy world)")
     g = p.add_argument_group("method")
     g.add_argument("--mode", default="fuzzy", help="CoT tokens in training: hard | soft | fuzzy")
-    g.add_argument("--tau", type=float, default=None, help="CoT temperature (default: 1.0 hard, 0.5 soft, 1e-4 fuzzy)")
-    g.add_argument("--gamma", type=float, default=softcot.GAMMA, help="noise sigma = gamma * RMS(E) of the base model")
+    g.add_argument("--tau", type=float, default=None, help="CoT temperature; None: 1.0 hard, 0.5 soft, 1e-4 fuzzy")
+    g.add_argument("--gamma", type=float, help="noise sigma = gamma * RMS(E) of the base model; None: 0.33 (Sec. 4)")
     g.add_argument("--top_k", type=int, default=None, help="ablation: mix only the top-k tokens (soft/fuzzy)")
     g = p.add_argument_group("model and data")
     g.add_argument("--model", help="Hugging Face name or local folder; 'toy' / 'toy-calibrated' / 'toy-slips': a "
                    "toy world's base model (toy.WORLDS)")
     g.add_argument("--dataset", help="gsm8k | math | deepscaler (data.py), or 'toy'")
     g.add_argument("--data_path", default=None, help="a local json/jsonl/parquet file in the dataset's hub schema")
-    g.add_argument("--prompt", choices=list(recipes.PROMPTS), help=recipes.PROMPT_HELP)
+    g.add_argument("--prompt", choices=recipes.PROMPTS, help=recipes.PROMPT_HELP)
+    g.add_argument("--model_revision", help="a hub --model's tag, branch or commit (pin it: a commit)")
+    g.add_argument("--data_revision", help="a hub --dataset's tag, branch or commit")
     g = p.add_argument_group("batch and lengths")
     g.add_argument("--prompts_per_step", type=int, help="B: distinct prompts per step (global)")
     g.add_argument("--samples", type=int, help="G: samples per prompt (>= 2, leave-one-out)")
@@ -82,14 +74,15 @@ def parse_args(argv=None):
     g.add_argument("--val_size", type=int, help="held-out problems from the training split for model selection")
     g.add_argument("--val_every", type=int, help="validate (greedy) every this many steps")
     g.add_argument("--val_cot_tokens", type=int, help="CoT cap at validation (512 in the paper's evaluation)")
-    g.add_argument("--out", default=None, help="run folder (default runs/<recipe>-<mode>-s<seed>)")
-    g.add_argument("--resume", action="store_true", help="continue from <out>/last")
+    g.add_argument("--out", default=None, help="run folder; None: runs/<recipe>-<mode>-s<seed>")
+    g.add_argument("--resume", action="store_true", help="continue from <out>/last; flags not passed: config.json's")
     g.add_argument("--overwrite", action="store_true",
                    help="start a new run in an --out that holds one, removing that run's checkpoints and logs")
     g.add_argument("--save_every", type=int, default=50, help="write <out>/last every this many steps")
     g.add_argument("--stop_after", type=int, default=None,
                    help="pause after this step (saving <out>/last); --resume continues the same schedule")
     g.add_argument("--seed", type=int, default=0, help="seed of everything random (data order, rollouts, toy model)")
+    g.add_argument("--report_to", default="none", choices=report.TRACKERS, help="metrics.jsonl to a tracker too")
     g = p.add_argument_group("precision and memory (the policy: see `precision` below)")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="dtype of the weights the optimizer steps (master weights). bfloat16 halves their memory but "
@@ -98,22 +91,31 @@ def parse_args(argv=None):
     g.add_argument("--compute_dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="dtype of the transformer's matmuls: auto = bfloat16 on GPU, float32 on CPU. The LM head, "
                         "the CoT mixture and every log-probability stay fp32 whatever this says")
-    g.add_argument("--fsdp", action="store_true",
+    g.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=False,
                    help="shard parameters, gradients and optimizer states over the processes (FSDP2); needed for "
                         "Llama-3.1-8B on 80 GB GPUs (the memory plan printed at start says when)")
-    g.add_argument("--grad_ckpt", action="store_true",
+    g.add_argument("--grad_ckpt", action=argparse.BooleanOptionalAction, default=False,
                    help="activation checkpointing in the re-scoring forward: less memory, ~1/3 more compute")
     g.add_argument("--loss_terms", default="both", choices=["both", "cot", "answer"],
                    help="ablation: which sampled steps enter l of Eq. 13 (both = the method; cot / answer = one term)")
     g.add_argument("--rescore_tol", type=float, default=1.0,
                    help="leave out of the loss any sampled step whose re-scored log-prob differs from the "
                         "rollout's by more than this many nats (numerical drift; counted as rescore_mismatch)")
-    p.set_defaults(**recipe)
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
+    p.set_defaults(**recipes.recipe_of(argv, default="llama3b-gsm8k")[1])
     args = p.parse_args(argv)
+    if args.resume:   # the run's own settings (config.json) are the defaults: `--out DIR --resume` continues it
+        out = args.out or f"runs/{args.recipe}-{args.mode}-s{args.seed}"
+        p.set_defaults(**{k: v for k, v in runs.resume_defaults(out).items() if k in vars(args)})
+        args = p.parse_args(argv)
     if args.mode not in softcot.MODES:
         p.error(f"--mode {args.mode!r}: use one of {', '.join(softcot.MODES)}")
-    if args.tau is None:
-        args.tau = softcot.TRAIN_TAU[args.mode]
+    args.tau = softcot.TRAIN_TAU[args.mode] if args.tau is None else args.tau
+    args.gamma = softcot.GAMMA if args.gamma is None else args.gamma
     if args.dtype == "bfloat16" and args.compute_dtype == "float32":
         p.error("--compute_dtype float32 with --dtype bfloat16: bf16 weights cannot compute in fp32; "
                 "use --dtype float32 (the default)")
@@ -173,9 +175,28 @@ def validate_args(p, args):
     problem = runs.out_problem(args.out, vars(args), rank0=int(os.environ.get("RANK", 0)) == 0)
     if problem:
         p.error(problem)
-    problem = recipes.cache_problem(args.model, args.seed)
+    problem = recipes.cache_problem(args.model, args.seed) or report.missing(args.report_to) or \
+        recipes.revision_problem(args.model, args.model_revision, args.dataset, args.data_path, args.data_revision)
     if problem:
         p.error(problem)
+
+
+# `-h` answers before torch and transformers are imported (5-7 s): the parser above needs only the light modules
+if __name__ == "__main__" and ("-h" in sys.argv or "--help" in sys.argv):
+    parse_args()
+
+import torch                                # noqa: E402 (after the -h answer above)
+import torch.distributed as dist            # noqa: E402
+from tqdm import tqdm                       # noqa: E402
+from transformers.utils import logging      # noqa: E402
+
+import memory                               # noqa: E402
+import plots                                # noqa: E402
+import rewards                              # noqa: E402
+import rloo                                 # noqa: E402
+import runs                                 # noqa: E402
+import runtime                              # noqa: E402
+import softcot                              # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ set-up
@@ -184,19 +205,19 @@ def prepare_model(args, rank, world, device, train_rows, val):
     (runtime.load_model's four). A resumed run loads its newest complete checkpoint; a new one the --model (made
     first for the toy worlds)."""
     path = runs.resume_checkpoint(args.out, rank, world) if args.resume else \
-        recipes.model_path(args.model, args.seed, rank, world)
+        recipes.model_path(args.model, args.seed, rank, world, args.model_revision)
     config = runtime.load_config(path)
     plan = memory.plan(config, args, world, device)   # the config only: no weights read yet
     if rank == 0:
         print(memory.describe(plan))
-    if plan["total"] > plan["device"]:
+    if not memory.fits(plan):
         raise SystemExit(memory.advice(plan, args))
     tok, n = runtime.load_tokenizer(path), getattr(config, "max_position_embeddings", None)
     for rows, cot in ((train_rows, args.max_cot_tokens), (val, args.val_cot_tokens)):   # a rollout must fit
         if problem := recipes.check_prompt_lengths(rows, tok, args.prompt, cot, args.max_answer_tokens, n):
             raise SystemExit(problem)
     return path, *runtime.load_model(path, device, rank, world, dtype=args.dtype, compute_dtype=args.compute_dtype,
-                                     fsdp=args.fsdp, grad_ckpt=args.grad_ckpt)
+                                     fsdp=args.fsdp, grad_ckpt=args.grad_ckpt, tok=tok)
 
 
 def make_optimizer(args, model):
@@ -214,7 +235,7 @@ def make_optimizer(args, model):
 def restore(args, path, scorer, opt, sched, rank0):
     """--resume: the optimizer, schedule and counters of the checkpoint at `path`, and the logs cut back to its
     step. Returns (start step, best, skipped, sigma)."""
-    st = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)
+    st = runs.load_trainer_state(path)
     runtime.load_optimizer_state(scorer, opt, st["optimizer"], args.fsdp)
     sched.load_state_dict(st["scheduler"])
     if rank0:
@@ -222,12 +243,12 @@ def restore(args, path, scorer, opt, sched, rank0):
     return st["step"], st["best"], st["skipped"], st["sigma"]
 
 
-def describe_run(args, world, sigma, n_train, n_val, run_id, data_sha256):
-    """Rank 0: the settings and the batch layout on stdout; a new run's settings in <out>/config.json (what --resume
-    checks against), with its id (every checkpoint carries it) and its data's digest (a resume on edited data is
-    refused). config.json is never rewritten: a resume records what it changed in resumes.jsonl (runs.py)."""
+def describe_run(args, world, sigma, n_train, n_val, run_id, data_sha256, device):
+    """Rank 0: the settings (a line per group of flags) and the batch layout; a new run's settings in config.json
+    (what --resume reads), with its id (every checkpoint carries it), its data's digest (a resume on edited data is
+    refused) and where it ran (runs.provenance). A resume never rewrites it: resumes.jsonl says what it changed."""
     N = args.prompts_per_step * args.samples
-    print(json.dumps(vars(args), indent=1))
+    print(recipes.settings_lines(build_parser(), vars(args)))
     print(f"global batch: {args.prompts_per_step} prompts x {args.samples} samples = {N} sequences per step; "
           f"{world} process(es) x {N // world} sequences, re-scored in micro-batches of {args.micro_batch}\n"
           f"mode {args.mode}: tau {args.tau}, sigma {sigma:.4g} ({args.gamma} x RMS(E)); "
@@ -236,8 +257,8 @@ def describe_run(args, world, sigma, n_train, n_val, run_id, data_sha256):
         print("--fsdp on one process: nothing to shard; running it anyway (the code path of 8 GPUs)")
     if not args.resume:
         with open(os.path.join(args.out, "config.json"), "w") as f:
-            json.dump(vars(args) | dict(sigma=sigma, world_size=world, run_id=run_id, data_sha256=data_sha256), f,
-                      indent=1)
+            json.dump(vars(args) | dict(sigma=sigma, world_size=world, run_id=run_id, data_sha256=data_sha256) |
+                      runs.provenance(device), f, indent=1)
 
 
 # ------------------------------------------------------------------------------------------------ one step
@@ -295,7 +316,8 @@ def step_metrics(ro, sc, r_all, drifted, world, device):
     totals = runtime.all_sum(torch.tensor(list(sums.values()), device=device, dtype=torch.float64), world).tolist()
     m = {k: t if k in COUNTS else t / r_all.numel() for k, t in zip(sums, totals)}
     m["rescore_mismatch"] = round(m["rescore_mismatch"])
-    return dict(reward=r_all.mean().item()) | m | dict(zero_adv_frac=rloo.zero_advantage_fraction(r_all))
+    return dict(reward=r_all.mean().item(), reward_std=r_all.std(correction=0).item()) | m | \
+        dict(zero_adv_frac=rloo.zero_advantage_fraction(r_all))
 
 
 COUNTS = ("grader_errors", "rescore_mismatch")   # step_metrics' totals over the step's N rollouts, not means
@@ -340,12 +362,13 @@ def save_last(args, model, scorer, opt, tok, rank0, state):
                              weights=weights, keep_previous=True, run_id=state["run_id"])
 
 
-def log_step(args, m, sample, bar, best):
-    """Rank 0: one line of metrics.jsonl, one rollout in samples.jsonl, the progress bar."""
+def log_step(args, m, sample, bar, best, tracker):
+    """Rank 0: one line of metrics.jsonl (and of the tracker), one rollout in samples.jsonl, the progress bar."""
     with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(m) + "\n")
     with open(os.path.join(args.out, "samples.jsonl"), "a") as f:
         f.write(json.dumps(dict(step=m["step"]) | sample) + "\n")
+    tracker.log(m)
     bar.set_postfix(reward=f"{m['reward']:.1f}", acc=f"{m['accuracy']:.2f}", val=f"{best:.2f}",
                     gnorm=f"{m['grad_norm']:.3g}", cot=f"{m['cot_len']:.0f}",
                     **({"mismatch": m["rescore_mismatch"]} if m["rescore_mismatch"] else {}))
@@ -358,6 +381,7 @@ def main(argv=None):
     if int(os.environ.get("RANK", 0)) == 0:   # --out is this run's until it exits (runs.claim_run)
         runs.claim_run(args.out, args.overwrite)
     rank, world, device = runtime.setup_distributed()
+    logging.disable_progress_bar()   # transformers' and the hub's loading and saving bars would cut through tqdm's
     if device.type == "cpu":
         # The backward of E[ids] (index_put with accumulate) adds rows in thread order on CPU: with 2 threads two
         # runs of one command differed at step 6. Its deterministic kernel makes a CPU run repeat bit for bit.
@@ -367,14 +391,14 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     try:   # the data first: a bad file ends the run in one line before any model is loaded
         train_rows, val = recipes.load_problems(args.dataset, args.out, args.seed, args.val_size, args.data_path,
-                                                args.prompts_per_step)
-    except ValueError as e:
+                                                args.prompts_per_step, args.data_revision)
+    except (ValueError, RuntimeError) as e:   # a bad file; the hub out of reach
         raise SystemExit(str(e)) from None
     data_sha256 = data.data_digest(train_rows + val)
     if args.resume:
         runs.check_data(args.out, data_sha256)
     path, model, scorer, rollout_lm, tok = prepare_model(args, rank, world, device, train_rows, val)
-    ctx = runtime.compute_context(device, runtime.dtypes(args.dtype, args.compute_dtype, device)[1], args.fsdp)
+    ctx = runtime.compute_context(device, runtime.dtypes(args.dtype, args.compute_dtype, device)[1])
     run_id = runs.run_id(args.out) if args.resume else runs.new_run_id()   # only rank 0's is ever written
     opt, sched = make_optimizer(args, model)
     # sigma once, from the base model (the rollout model: under FSDP the only one with the whole of E on each rank)
@@ -384,15 +408,19 @@ def main(argv=None):
         start, best, skipped, sigma = restore(args, path, scorer, opt, sched, rank0)
         if rank0:
             runs.record_resume(args.out, vars(args), world, start)
+    t_run = t_start - (runs.logged_time(args.out) if args.resume and rank0 else 0.0)   # `time` goes on across resumes
     N = args.prompts_per_step * args.samples
     rows_mine = rloo.rank_slice(N, rank, world)                                    # this rank's rows of the N
     last_dir, best_dir = os.path.join(args.out, "last"), os.path.join(args.out, "best")
     if rank0:
-        describe_run(args, world, sigma, len(train_rows), len(val), run_id, data_sha256)
+        describe_run(args, world, sigma, len(train_rows), len(val), run_id, data_sha256, device)
+    tracker = report.open_tracker(args.report_to if rank0 else "none", args.out)
     if start == 0:   # the base model's validation: the bar to beat, and best/ until something beats it
         best = validate(args, rollout_lm, tok, val, rank, world, ctx)
         print0(f"step 0 (base model): greedy validation accuracy {best:.3f}")
-        save_best(args, model, scorer, opt, tok, rank0, run_id, logs={"step": 0, "val_acc": best})
+        first = dict(step=0, val_acc=best, time=time.time() - t_run)
+        save_best(args, model, scorer, opt, tok, rank0, run_id, logs=first)
+        tracker.log(first)
 
     stop_signal = runs.catch_stop_signals(world, device)
     last_step, stop = start, 0   # the last step this process ran (the summary's count); the signal that ended it
@@ -425,15 +453,17 @@ def main(argv=None):
         skipped += not ok
         m = dict(step=step + 1, lr=sched.get_last_lr()[0]) | step_metrics(ro, sc, r_all, drifted, world, device) | \
             dict(grad_norm=gnorm, skipped=skipped, t_rollout=t1 - t0, t_reward=t2 - t1, t_update=time.time() - t2)
+        m["tokens_per_s"] = N * (m["cot_len"] + m["answer_len"]) / (time.time() - t0)   # sampled, then re-scored
         # ---- 6. greedy validation; the best checkpoint is the paper's model selection
         if (step + 1) % args.val_every == 0 or step + 1 == args.steps:
             m["val_acc"] = validate(args, rollout_lm, tok, val, rank, world, ctx)
             if m["val_acc"] > best:
                 save_best(args, model, scorer, opt, tok, rank0, run_id)
             best = m["val_best"] = max(best, m["val_acc"])
+        m["time"] = time.time() - t_run
         if rank0:
             log_step(args, m, dict(prompt=prompts[0], cot=ro.cot_text[0], answer=ro.answer_text[0],
-                                   reward=sc.rewards[0], gold=golds[0], stop=ro.stop_reason[0]), bar, best)
+                                   reward=sc.rewards[0], gold=golds[0], stop=ro.stop_reason[0]), bar, best, tracker)
         stop = stop_signal()
         last_step = step + 1
         pause = step + 1 == args.stop_after or stop
@@ -443,13 +473,16 @@ def main(argv=None):
                            run_id=run_id))
         runtime.barrier(world)   # the other ranks wait for rank 0's checkpoint: a kill never finds them a step ahead
         if pause:
+            bar.close()   # the bar's line ends before the message
             print0(f"{'stopped by ' + signal.Signals(stop).name if stop else 'paused'} after step {step + 1}, "
-                   f"saved in {last_dir}; continue with:\n  {runs.resume_command(argv, world)}", flush=True)
+                   f"saved in {last_dir}; continue with:\n  {runs.resume_command(vars(args), world)}", flush=True)
             break
     runs.restore_signals()
     if rank0:
+        tracker.close()
+        plots.plot_training([os.path.join(args.out, "metrics.jsonl")], os.path.join(args.out, "training.png"))
         print(runs.run_summary(args.out, time.time() - t_start, last_step - start) +
-              f"; {skipped} skipped updates; best checkpoint in {best_dir}", flush=True)
+              f"; {skipped} skipped updates; best checkpoint in {best_dir}, curves in training.png", flush=True)
         runs.release_run(args.out)
     if world > 1:
         # DDP's Reducer, FSDP2's modules and the sharded optimizer state hold the process group: freed after it,

@@ -67,7 +67,7 @@ def model_step(shape="llama3b", device="cuda", rows=32, cot=128, micro=4):
     model, tok = bench.make_model(shape, device, torch.float32)                # fp32 master weights
     softcot.use_fp32_head(model)
     sigma = softcot.noise_sigma(model)
-    ctx = runtime.compute_context(dev, torch.bfloat16, fsdp=False)
+    ctx = runtime.compute_context(dev, torch.bfloat16)
     opt = torch.optim.AdamW(model.parameters(), lr=6e-6)
     texts = bench.prompts(rows, 64, len(tok))
     print("| mode | rollout tok/s | rollout s | step s | peak GiB | rescore_mismatch | grad norm |")

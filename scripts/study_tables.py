@@ -117,7 +117,8 @@ def common_rows(files, n):
                 G = res["samples"] if name.endswith("sample") else 1
                 settings[name] = {f"pass@{k}": statistics.fmean(evaluate.pass_at_k(G, int(counts[i]), k) for i in keep)
                                   for k in res["k"] if k <= G}
-            runs.append(dict(settings=settings))
+            correct = {name: [counts[i] for i in keep] for name, counts in ck["correct"].items()}   # for the SE
+            runs.append(dict(settings=settings, correct=correct, samples=res["samples"]))
         rows[res["label"]] = runs
     return rows
 

@@ -240,18 +240,18 @@ def test_hub_rows_concatenate_configs_and_map_splits(monkeypatch):
         def to_list(self):
             return self.rows
 
-    def fake_load(repo, config, split):
-        calls.append((repo, config, split))
+    def fake_load(repo, config, split, revision):
+        calls.append((repo, config, split, revision))
         return FakeSplit([{"problem": f"{config}?", "solution": f"\\boxed{{{len(calls)}}}"}])
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=fake_load))
-    rows = load("math", "train")
-    assert calls == [("EleutherAI/hendrycks_math", s, "train") for s in data.MATH_SUBJECTS]
+    rows = load("math", "train", revision="v1")            # --data_revision: each config at that revision
+    assert calls == [("EleutherAI/hendrycks_math", s, "train", "v1") for s in data.MATH_SUBJECTS]
     assert [r["answer"] for r in rows] == [str(i) for i in range(1, 8)]
     calls.clear()
     with pytest.raises(ValueError):  # the fake rows are MATH rows, not OlympiadBench rows
         load("olympiadbench", "test")
-    assert calls == [("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train")]  # "test" -> hub "train"
+    assert calls == [("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train", None)]  # "test" -> hub "train"
 
 
 # ---------------------------------------------------------------- the validation split

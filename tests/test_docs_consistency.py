@@ -45,9 +45,9 @@ def doc_texts():
 # Every key of a metrics.jsonl line (train.main: the step-0 line, then dict(step, lr) | step_metrics(...) |
 # dict(grad_norm, ...), plus val_acc / val_best on validation steps). A new key must be added here and to
 # docs/metrics.md; a key the code stops writing must leave both.
-METRIC_KEYS = ["step", "lr", "reward", "accuracy", "boxed", "grader_errors", "cap_rate", "eos_rate", "cot_len",
-               "answer_len", "cot_entropy", "noise_ratio", "rescore_mismatch", "zero_adv_frac", "grad_norm", "skipped",
-               "t_rollout", "t_reward", "t_update", "val_acc", "val_best"]
+METRIC_KEYS = ["step", "lr", "reward", "reward_std", "accuracy", "boxed", "grader_errors", "cap_rate", "eos_rate",
+               "cot_len", "answer_len", "cot_entropy", "noise_ratio", "rescore_mismatch", "zero_adv_frac", "grad_norm",
+               "skipped", "t_rollout", "t_reward", "t_update", "tokens_per_s", "time", "val_acc", "val_best"]
 # keys that only the dicts of a metrics line use (gradsignal.py's report shares the others): they locate those
 # dicts in the source, wherever the code has moved them; dict(step=..., lr=...) is the third
 ANCHORS = {"grad_norm", "rescore_mismatch"}
@@ -111,7 +111,8 @@ def test_the_code_writes_no_undocumented_metric():
 def test_metrics_md_names_the_run_folder_files():
     md = read("docs/metrics.md")
     for name in ("config.json", "metrics.jsonl", "samples.jsonl", "best/", "last/", "last.prev/", "toy_train.jsonl",
-                 "trainer_state.pt", "resumes.jsonl", "run.lock", "checkpoint.json"):
+                 "trainer_state.pt", "resumes.jsonl", "run.lock", "checkpoint.json", "training.png", "tensorboard/",
+                 "wandb/"):
         assert f"`{name}`" in md, name
     # toy_train.jsonl is the run's own copy of its problems: the file name must still be the code's
     assert any("toy_train.jsonl" in src for src in root_sources().values())

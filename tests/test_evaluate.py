@@ -13,6 +13,7 @@ import torch
 
 import evaluate
 import rewards
+import runs
 import softcot
 import toy
 from conftest import make_model, make_tokenizer, run_script
@@ -101,6 +102,9 @@ def test_multiple_choice_grading():
         assert evaluate.mc_correct(answer, row), answer
     for answer in (" \\boxed{A. steam}", " \\boxed{(C) steam}", " \\boxed{D. steam}", " \\boxed{AB}"):
         assert not evaluate.mc_correct(answer, row), answer
+    # the generations' reward on Eq. 11's scale: 100 right, 10 boxed but wrong, 0 no boxed answer
+    assert evaluate.judge([" \\boxed{B}", " \\boxed{A}", " B"], [row] * 3) == (
+        [True, False, False], [100.0, 10.0, 0.0], 0)
     # a whole answer equal to a choice's text is that choice, even when it starts like a letter
     row = {"question": "When?", "choices": ["1215", "A.D. 1066"], "label": 1, "answer": "A.D. 1066"}
     assert evaluate.mc_correct(" \\boxed{A.D. 1066}", row) and not evaluate.mc_correct(" \\boxed{A. 1066}", row)
@@ -109,12 +113,14 @@ def test_multiple_choice_grading():
 def test_numeric_answers_are_not_read_as_letters():
     # maths items go to Math-Verify (rewards.py), never to the multiple-choice reading
     items = [{"answer": "7"}] * 3
-    assert evaluate.judge([" \\boxed{B. 5}", " \\boxed{(B) 5}", " \\boxed{7}"], items) == ([False, False, True], 0)
+    assert evaluate.judge([" \\boxed{B. 5}", " \\boxed{(B) 5}", " \\boxed{7}"], items) == (
+        [False, False, True], [10.0, 10.0, 100.0], 0)                   # (correct, Eq. 11 rewards, grader errors)
 
 
 def test_grader_errors_are_counted(monkeypatch):
     monkeypatch.setattr(rewards.Grader, "check", lambda self, gold, pred: (False, "timeout after 5 s"))
-    assert evaluate.judge([" \\boxed{7}", " \\boxed{8}", " no box"], [{"answer": "7"}] * 3) == ([False] * 3, 2)
+    assert evaluate.judge([" \\boxed{7}", " \\boxed{8}", " no box"], [{"answer": "7"}] * 3) == (
+        [False] * 3, [10.0, 10.0, 0.0], 2)                              # an ungraded boxed answer: 10 (rewards.py)
 
 
 def test_sample_settings_use_the_training_runs_sigma(tmp_path):
@@ -129,8 +135,9 @@ def test_sample_settings_use_the_training_runs_sigma(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ tables
-def fake(hg, hs, hs32, acc, nll):
+def fake(hg, hs, hs32, acc, nll, correct=None):
     return {"settings": {"hard_greedy": {"pass@1": hg}, "hard_sample": {"pass@1": hs, "pass@2": hs, "pass@32": hs32}},
+            "samples": 32, "correct": correct or {"hard_greedy": [0] * 10, "hard_sample": [0] * 10},
             "ood": {"arc": {"accuracy": acc, "nll": nll, "problems": 10}}}
 
 
@@ -138,13 +145,37 @@ def test_tables_mean_and_std_over_seeds():
     rows = {"no finetune": [fake(0.714, 0.45, 0.968, 0.7279, 2.86)],
             "gsm8k fuzzy": [fake(0.70, 0.60, 0.90, 0.70, 2.0), fake(0.80, 0.70, 1.00, 0.80, 3.0)]}
     lines = evaluate.format_table(rows).splitlines()
-    assert lines[0] == "| model | HG | HS | HS32 | FG | FS | FS32 | SG | SS | SS32 |"
-    assert lines[2] == "| no finetune | 71.4 | 45.0 | 96.8 | – | – | – | – | – | – |"
-    # mean 75, sample std of (70, 80) = 7.07
-    assert lines[3] == "| gsm8k fuzzy | 75.0±7.1 | 65.0±7.1 | 95.0±7.1 | – | – | – | – | – | – |"
+    assert lines[0] == "| model | n | ± | HG | HS | HS32 | FG | FS | FS32 | SG | SS | SS32 |"
+    # one checkpoint: ± one standard error over its problems (0 here: every problem scored the same)
+    assert lines[2] == "| no finetune | 10×32 | SE | 71.4±0.0 | 45.0±0.0 | 96.8±0.0 | – | – | – | – | – | – |"
+    # two seeds: mean 75, sample std of (70, 80) = 7.07
+    assert lines[3] == ("| gsm8k fuzzy | 10×32 | std of 2 seeds | 75.0±7.1 | 65.0±7.1 | 95.0±7.1 "
+                        "| – | – | – | – | – | – |")
     lines = evaluate.format_ood_table(rows).splitlines()
-    assert lines[0] == "| model | arc acc | arc NLL |"
-    assert lines[2:] == ["| no finetune | 72.8 | 2.860 |", "| gsm8k fuzzy | 75.0±7.1 | 2.500±0.707 |"]
+    assert lines[0] == "| model | ± | arc n | arc acc | arc NLL |"
+    assert lines[2:] == ["| no finetune | SE | 10 | 72.8 | 2.860 |",       # results without SEs: the value alone
+                         "| gsm8k fuzzy | std of 2 seeds | 10 | 75.0±7.1 | 2.500±0.707 |"]
+
+
+def test_standard_error_over_problems_by_brute_force():
+    """One checkpoint's ± is the standard error over problems of the per-problem unbiased pass@k: here from
+    subset enumeration and the textbook formula, on 4 problems with n = 4 samples."""
+    counts, n = [0, 1, 2, 4], 4
+    correct = {"hard_greedy": [1, 0, 1, 1], "hard_sample": counts}
+
+    def se(values):   # sample std / sqrt(count)
+        mean = sum(values) / len(values)
+        return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) / math.sqrt(len(values))
+    per_k = {k: [brute_pass_at_k(n, c, k) for c in counts] for k in (1, 4)}
+    for k, values in per_k.items():
+        assert evaluate.stderr([evaluate.pass_at_k(n, c, k) for c in counts]) == pytest.approx(se(values))
+    r = {"samples": n, "correct": correct, "ood": {},
+         "settings": {"hard_greedy": {"pass@1": 0.75},
+                      "hard_sample": {f"pass@{k}": sum(v) / 4 for k, v in per_k.items()}}}
+    cells = evaluate.format_table({"one": [r]}).splitlines()[2].split(" | ")
+    want = [f"{100 * sum(v) / 4:.1f}±{100 * se(v):.1f}" for v in ([1, 0, 1, 1], per_k[1], per_k[4])]
+    assert cells[1:6] == ["4×4", "SE", *want]
+    assert want[2] == "75.0±25.0"          # pass@4 per problem 0, 1, 1, 1: std 0.5 / sqrt(4)
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -193,8 +224,29 @@ def test_smoke_writes_results_table_and_plots(one_process):
     assert set(c["ood"]) == {"test_mul", "test_expr"}                                 # tiny: held-out skills
     assert all(v["problems"] == 4 and v["nll"] > 0 and 0 <= v["accuracy"] <= 1 for v in c["ood"].values())
     table = open(os.path.join(out, "table.md")).read()
-    assert "| model | HG | HS | HS4 | FG | FS | FS4 | SG | SS | SS4 |" in table
-    assert "| toy | " in table and "test_mul acc" in table and table in stdout
+    assert "| model | n | ± | HG | HS | HS4 | FG | FS | FS4 | SG | SS | SS4 |" in table
+    assert "| toy | 4×4 | SE | " in table and "test_mul acc" in table and evaluate.LEGEND in table and table in stdout
+    # every generation, one row each, naming its problem (index in the 200 toy test problems: --limit 4 takes
+    # 0, 50, 100, 150) and sample; its correct flags add up to the results' counts
+    assert set(c["generations"]) == {*softcot.SETTINGS, "ood-test_mul", "ood-test_expr"}
+    for part, file in c["generations"].items():
+        rows = [json.loads(line) for line in open(os.path.join(out, file))]
+        n = 4 if part.endswith("_sample") else 1
+        assert sorted((r["problem"], r["sample"]) for r in rows) == [(p, s) for p in (0, 50, 100, 150)
+                                                                     for s in range(n)]
+        assert {(r["set"], r["setting"]) for r in rows} == ({("toy", part)} if part in softcot.SETTINGS else
+                                                            {(part[4:], "hard_greedy")})
+        assert all(isinstance(r["cot"], str) and r["answer"].startswith(" The final answer is:") for r in rows)
+        assert all(r["reward"] in (0.0, 10.0, 100.0) and (r["reward"] == 100.0) == r["correct"] and r["gold"]
+                   for r in rows)
+        per_problem = [sum(r["correct"] for r in rows if r["problem"] == p) for p in (0, 50, 100, 150)]
+        if part in softcot.SETTINGS:
+            assert per_problem == c["correct"][part]
+        else:   # the OOD accuracy and its SE, from the rows: std of the 0/1 values / sqrt(4)
+            v = c["ood"][part[4:]]
+            assert v["accuracy"] == sum(per_problem) / 4
+            mean = sum(per_problem) / 4
+            assert v["accuracy_se"] == pytest.approx(math.sqrt(sum((x - mean) ** 2 for x in per_problem) / 3 / 4))
     import matplotlib.pyplot as plt
     for png in ("passk.png", "entropy.png", "training.png"):
         assert plt.imread(os.path.join(out, png)).ndim == 3
@@ -205,6 +257,11 @@ def test_torchrun_equals_one_process(one_process, base, tmp_path):
     one, two = results(one_process[0]), results(str(tmp_path))
     assert two.pop("world_size") == 2 and one.pop("world_size") == 1
     assert two == one                                                  # exactly: floats included
+    # rank 0 wrote every rank's generations and batch records, in the order of one process
+    cache = sorted(f for f in os.listdir(os.path.join(one_process[0], "cache")) if f.endswith(".jsonl"))
+    assert cache == sorted(f for f in os.listdir(tmp_path / "cache") if f.endswith(".jsonl")) and len(cache) == 16
+    for f in cache:
+        assert (tmp_path / "cache" / f).read_bytes() == open(os.path.join(one_process[0], "cache", f), "rb").read()
 
 
 
@@ -235,6 +292,55 @@ def test_an_interrupted_evaluation_resumes_to_the_same_numbers(one_process, base
     assert [line.split()[2] for line in reused] == ["sigma", first, second], reused
     assert all(f"of {base} from {tmp_path}/cache/" in line for line in reused)
     assert results(str(tmp_path)) == results(one_process[0])           # exactly: floats included
+
+
+def test_a_setting_killed_at_its_third_batch_resumes_there(base, tmp_path, monkeypatch):
+    """Inside a setting: 4 batches of one problem; the rollout of batch 3 raises, and the kill is made worse by
+    what a kill mid-write leaves (batch 3's rows without their record line, torn last lines). The rerun runs
+    batches 3 and 4 only, and writes the numbers, generations and batch records of an uninterrupted run."""
+    real, calls = softcot.rollout, []
+
+    def rollout(model, tok, prompts, **kw):
+        calls.append(prompts[0])
+        if fail_at == len(calls):
+            raise KeyboardInterrupt
+        return real(model, tok, prompts, **kw)
+    monkeypatch.setattr(softcot, "rollout", rollout)
+    argv = TINY + ["--batch", "4", "--settings", "hard_sample", "--ood", "--model", base, "--out"]
+    fail_at = None
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        evaluate.main(argv + [str(tmp_path / "whole")])
+        whole, calls[:] = list(calls), []
+        fail_at = 3
+        with pytest.raises(KeyboardInterrupt):
+            evaluate.main(argv + [str(tmp_path / "killed")])
+        [gens] = (tmp_path / "killed" / "cache").glob("*.generations.jsonl")
+        record = gens.with_name(gens.name.replace(".generations.", ".batches."))
+        assert len(record.read_text().splitlines()) == 2                 # batches 1 and 2 kept
+        with open(gens, "a") as f:                                        # batch 3's rows, one of them torn
+            f.write(open(tmp_path / "whole" / "cache" / gens.name).readlines()[8] + '{"set": "toy", "pro')
+        with open(record, "a") as f:
+            f.write('{"batch": 2, "corr')
+        fail_at, calls[:] = None, []
+        evaluate.main(argv + [str(tmp_path / "killed")])
+    assert len(whole) == 4 and calls == whole[2:]                        # batches 3 and 4, nothing else
+    assert f"reusing 2 of 4 batches of hard_sample from {record}" in stdout.getvalue()
+    assert results(tmp_path / "killed") == results(tmp_path / "whole")   # exactly: floats included
+    for f in (gens.name, record.name):
+        assert (tmp_path / "killed" / "cache" / f).read_bytes() == (tmp_path / "whole" / "cache" / f).read_bytes()
+
+
+def test_appended_keeps_exactly_the_recorded_work(tmp_path):
+    """runs.appended, the batch record's reader: rows past the last record line are cut off; a data file shorter
+    than its record says (deleted, replaced) makes both start again, empty."""
+    data, record = tmp_path / "rows.jsonl", tmp_path / "record.jsonl"
+    end = runs.append_jsonl(str(data), [{"r": 0}, {"r": 1}])
+    runs.append_jsonl(str(record), [{"batch": 0, "bytes": end}])
+    runs.append_jsonl(str(data), [{"r": 2}])                              # a batch killed before its record line
+    assert runs.appended(str(data), str(record)) == [{"batch": 0, "bytes": end}]
+    assert [json.loads(line)["r"] for line in open(data)] == [0, 1]
+    data.write_text('{"r": 0}\n')                                         # shorter than the record says
+    assert runs.appended(str(data), str(record)) == [] and data.read_text() == record.read_text() == ""
 
 
 def test_the_cache_key_changes_with_what_changes_the_numbers(base, tmp_path):
