@@ -7,6 +7,7 @@ Paper: Butt et al., "Soft Tokens, Hard Truths" (arXiv 2509.19170), Sec. 4 and Ap
 defaults from here, so a recipe means the same thing in every tool.
 
     name, row = recipes.recipe_of(sys.argv[1:], default="tiny")   # the --recipe a command line names
+    print(recipes.table())                                         # every recipe's defaults (train.py -h)
     path = recipes.model_path("toy-slips", seed=0)                 # a loadable folder for a --model value
     train, val = recipes.load_problems("toy", "runs/x", seed=0, val_size=200, prompts_per_step=8)
     problem = recipes.check_prompt_lengths(train, tok, "toy", 64, 8, 512)   # None, or why a prompt does not fit

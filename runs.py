@@ -494,7 +494,7 @@ def record_resume(out, settings, world, step):
 
 
 # ------------------------------------------------------------------------------------------------ one run a folder
-# what a run writes into --out (tensorboard/ and wandb/ with --report_to); anything else there (your notes) is left alone
+# what a run writes into --out (tensorboard/, wandb/: --report_to); anything else there (your notes) is left alone
 STATE = ("config.json", "metrics.jsonl", "samples.jsonl", "resumes.jsonl", "best", "best.tmp", "best.old", "last",
          "last.tmp", "last.prev", "last.damaged", "training.png", "tensorboard", "wandb")
 

@@ -9,6 +9,7 @@ a traceback end to end.
 """
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -22,8 +23,11 @@ import torch
 import bench
 import evaluate
 import gradsignal
+import recipes
 import runs
+import runtime
 import smol
+import softcot
 import toy
 import train
 from conftest import ENV, ROOT
@@ -77,6 +81,10 @@ CASES = [   # (script, the bad flags added to BASE, what the error line must nam
     ("train", ["--dataset", "gsm8k", "--data_path", "{tmp}/nope.jsonl"], "--data_path"),
     ("train", ["--out", "{file}/run"], "--out"),
     ("train", ["--resume", "--out", "{tmp}/never"], "--resume"),
+    ("train", ["--model_revision", "main"], "--model_revision"),        # a local folder has no revisions
+    ("train", ["--data_revision", "v1"], "--data_revision"),            # nor the generated toy problems
+    ("train", ["--dataset", "gsm8k", "--data_path", "{file}", "--data_revision", "v1"], "--data_revision"),
+    ("train", ["--report_to", "mlflow"], "--report_to"),
     ("evaluate", ["--out", "{file}/eval"], "--out"),
     ("evaluate", ["--samples", "0"], "--samples"),
     ("evaluate", ["--batch", "0"], "--batch"),
@@ -245,6 +253,22 @@ def test_resume_allows_what_does_not_change_the_run(run, base, capsys, monkeypat
     assert "--stop_after" in refused("train", resume_argv(base, run, "--stop_after", "2"), capsys)  # passed already
 
 
+def test_resume_with_only_the_folder_continues_the_run_as_it_started(run, base, capsys, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    args = train.parse_args(["--out", run, "--resume"])                 # no --recipe: every setting from config.json
+    config = runs.run_config(run)
+    assert all(v == config[k] for k, v in vars(args).items() if k not in runs.ASKED_ANEW)
+    assert (args.recipe, args.model, args.val_size, args.stop_after) == ("tiny", base, 4, None)  # the pause: not kept
+    line = refused("train", ["--out", run, "--resume", "--lr", "1e-4"], capsys)
+    assert "--lr 0.0001 (the run has 3e-05)" in line and "leave them out" in line, line
+    # the command a pause prints: the folder, and what this command changed that a resume may change
+    assert runs.resume_command(vars(args), 1) == f"python train.py --out {run} --resume"
+    changed = train.parse_args(["--out", run, "--resume", "--micro_batch", "1", "--grad_ckpt"])
+    command = runs.resume_command(vars(changed), 1)
+    assert command == f"python train.py --out {run} --micro_batch 1 --grad_ckpt --resume"
+    assert train.parse_args(shlex.split(command)[2:]) == changed
+
+
 def test_refused_resume_writes_nothing(run, base, capsys, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     before = {f: open(os.path.join(run, f), "rb").read() for f in ("config.json", "metrics.jsonl")}
@@ -279,6 +303,68 @@ def test_resume_falls_back_when_the_latest_checkpoint_is_damaged(run, base, tmp_
     assert [json.loads(x)["step"] for x in open(os.path.join(out, "metrics.jsonl"))] == [0, 1, 2, 3]
     # the damaged folder was dropped, not kept as the fallback: the two newest saves are the checkpoints now
     assert (step_of(os.path.join(out, "last")), step_of(os.path.join(out, "last.prev"))) == (3, 2)
+
+
+# ------------------------------------------------------------------------------------------------ -h, no hub
+def test_help_imports_no_torch_and_shows_the_recipes_defaults():
+    code = ("import runpy, sys; sys.argv = ['train.py', '--recipe', 'tiny', '-h']\n"
+            "try: runpy.run_path('train.py', run_name='__main__')\n"
+            "except SystemExit: print('torch imported:', 'torch' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(ENV, COLUMNS="200"), capture_output=True,
+                       text=True, timeout=120)
+    assert p.stdout.rstrip().endswith("torch imported: False"), p.stdout[-500:] + p.stderr[-2000:]
+    assert "(default: toy-slips)" in p.stdout and "(default: 3e-05)" in p.stdout        # --recipe tiny's
+    assert f"None: {softcot.GAMMA} " in p.stdout                                      # the help's number is the code's
+    for name, r in recipes.RECIPES.items():                                           # every recipe's row
+        assert re.search(rf"^  {name} +{re.escape(r['model'])} +{r['dataset']} +{r['steps']} ", p.stdout, re.M), name
+
+
+def test_torch_free_recipes_names_what_the_modules_define():
+    """recipes.py imports no torch, so it writes out names that toy.py and smol.py define: they must agree."""
+    assert recipes.MADE_HERE == tuple(toy.WORLDS) + ("smol",)
+    assert recipes.prompt_text("toy", "Q?") == toy.TOY_PROMPT.format(question="Q?")
+    assert recipes.prompt_text("smol", "Q?") == smol.SYSTEM_PROMPT.replace("QUESTION", "Q?")
+    assert all("Q?" in recipes.prompt_text(name, "Q?") for name in recipes.PROMPTS)
+
+
+def test_a_model_revision_is_read_from_its_snapshot(monkeypatch):
+    import huggingface_hub
+    calls = []
+
+    def snapshot(repo, revision, allow_patterns):
+        calls.append((repo, revision))
+        return f"/hub/{repo}/snapshots/{revision}"
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    assert recipes.model_path("org/name", 0, revision="abc123") == "/hub/org/name/snapshots/abc123"
+    assert recipes.model_path("org/name", 0) == "org/name" and calls == [("org/name", "abc123")]   # unpinned: as is
+
+    def offline(*args, **kwargs):
+        raise OSError("no connection")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(SystemExit) as e:
+        recipes.model_path("org/name", 0, revision="abc123")
+    assert "--model_revision abc123" in str(e.value) and "`hf auth login`" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_bare_run_without_hub_access_says_what_to_run_instead(tmp_path, monkeypatch):
+    import datasets.config
+    import huggingface_hub.constants
+    for module in (huggingface_hub.constants, datasets.config):   # HF_HUB_OFFLINE=1 (both read it at import)
+        monkeypatch.setattr(module, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))   # nothing cached
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    monkeypatch.chdir(tmp_path)                                   # the default --out, runs/llama3b-gsm8k-fuzzy-s0
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(SystemExit) as e:
+        train.main([])                                            # the default recipe: Llama-3.2-3B on GSM8K
+    message = str(e.value.code)
+    assert "\n" not in message and "openai/gsm8k" in message and message.endswith("python train.py --recipe tiny")
+    with pytest.raises(SystemExit) as e:                          # the model, had the data been there
+        runtime.load_config("softcot-tests/not-on-this-machine")
+    message = str(e.value.code)
+    assert "\n" not in message and "`hf auth login`" in message and message.endswith("python train.py --recipe tiny")
 
 
 # ------------------------------------------------------------------------------------------------ Ctrl-C

@@ -1,11 +1,16 @@
 """train.py end to end, as subprocesses with tiny budgets (CleanRL's habit), and its distributed arithmetic."""
 import json
 import os
+import statistics
 import subprocess
 import sys
 
+from datetime import datetime
+from types import SimpleNamespace
+
 import pytest
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import runs
@@ -35,15 +40,27 @@ def params(folder):
 @pytest.mark.parametrize("mode", ["hard", "soft", "fuzzy"])
 def test_smoke_each_mode(base, tmp_path, capsys, mode):
     out = str(tmp_path / mode)
-    stdout = run_here(TINY + ["--mode", mode, "--model", base, "--steps", "2", "--out", out], capsys)
+    transformers.utils.logging.enable_progress_bar()              # as in a fresh process: main must turn them off
+    train.main(TINY + ["--mode", mode, "--model", base, "--steps", "2", "--out", out])
+    stdout, stderr = capsys.readouterr()
     assert "global batch: 2 prompts x 2 samples = 4 sequences" in stdout
+    assert f"method: mode {mode}, tau " in stdout and '"recipe": "tiny"' not in stdout   # a line per group, no JSON
+    assert "Loading weights" not in stderr and "Writing model shards" not in stderr    # transformers' bars are off
     lines = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
     assert [m["step"] for m in lines] == [0, 1, 2] and "val_acc" in lines[-1]
     for key in ("reward", "accuracy", "grad_norm", "zero_adv_frac", "cot_entropy", "noise_ratio", "t_rollout"):
         assert key in lines[1]
     assert (lines[1]["noise_ratio"] > 0) == (mode != "hard")
+    for m in lines[1:]:   # throughput: the N = 4 rollouts' CoT and answer tokens per second of the step
+        seconds = m["t_rollout"] + m["t_reward"] + m["t_update"]
+        assert m["tokens_per_s"] * seconds == pytest.approx(4 * (m["cot_len"] + m["answer_len"]), rel=1e-2)
+    times = [m["time"] for m in lines]
+    assert 0 < times[0] < times[1] < times[2] and 0 <= lines[1]["reward_std"] <= 50
     cfg = json.load(open(os.path.join(out, "config.json")))
     assert cfg["mode"] == mode and (cfg["sigma"] > 0) == (mode != "hard")
+    assert cfg["versions"]["torch"] == torch.__version__ and cfg["device"].startswith("cpu")
+    assert datetime.fromisoformat(cfg["started"]).tzinfo is not None
+    assert os.path.isfile(os.path.join(out, "training.png"))
     # train soft, deploy hard: the best checkpoint is a plain Hugging Face folder that generate()s
     model = AutoModelForCausalLM.from_pretrained(os.path.join(out, "best"))
     tok = AutoTokenizer.from_pretrained(os.path.join(out, "best"))
@@ -104,13 +121,18 @@ def test_resume_equals_uninterrupted(base, tmp_path, capsys):
     common = TINY + ["--mode", "fuzzy", "--model", base, "--steps", "4", "--save_every", "2"]
     run_here(common + ["--out", full], capsys)
     run_here(common + ["--out", part, "--stop_after", "2"], capsys)
-    assert json.loads(open(os.path.join(part, "metrics.jsonl")).readlines()[-1])["step"] == 2
-    run_here(common + ["--out", part, "--resume"], capsys)
+    metrics = os.path.join(part, "metrics.jsonl")
+    lines = [json.loads(x) for x in open(metrics)]
+    assert lines[-1]["step"] == 2
+    lines[-1]["time"] += 1000.0                 # as if the first process had run 1000 s longer
+    open(metrics, "w").writelines(json.dumps(m) + "\n" for m in lines)
+    run_here(["--out", part, "--resume"], capsys)   # the rest of the settings from config.json
     a, b = params(os.path.join(full, "last")), params(os.path.join(part, "last"))
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=0, rtol=0)
-    steps = [json.loads(x)["step"] for x in open(os.path.join(part, "metrics.jsonl"))]
-    assert steps == [0, 1, 2, 3, 4]
+    lines = [json.loads(x) for x in open(metrics)]
+    assert [m["step"] for m in lines] == [0, 1, 2, 3, 4]
+    assert 1000 < lines[2]["time"] < lines[3]["time"] < lines[4]["time"]   # `time` counts on across the resume
 
 
 def test_fsdp_resume_equals_uninterrupted(base, tmp_path):
@@ -173,6 +195,27 @@ def test_cpu_runs_use_deterministic_kernels(base, tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(was)
+
+
+def test_reward_std_is_over_the_steps_rollouts():
+    ro = SimpleNamespace(cot_len=torch.tensor([3, 5, 4, 4]), answer_len=torch.tensor([2, 2, 2, 2]),
+                         entropy=torch.ones(4, 6), noise_ratio=torch.zeros(4, 6), stop_reason=["trigger"] * 4)
+    sc = SimpleNamespace(correct=[True, False, False, False], boxed=[True] * 4, grader_errors=0)
+    r_all = torch.tensor([[100.0, 0.0], [10.0, 10.0]])                           # (B, G) = (2, 2)
+    m = train.step_metrics(ro, sc, r_all, 0, 1, torch.device("cpu"))
+    assert m["reward"] == 30.0 and m["reward_std"] == pytest.approx(statistics.pstdev([100, 0, 10, 10]))
+    assert m["cot_len"] == 4.0 and m["zero_adv_frac"] == 0.5
+
+
+def test_provenance_names_the_commit_and_records_null_outside_a_git_checkout(tmp_path, monkeypatch):
+    here = runs.provenance(torch.device("cpu"))
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(runs.__file__), capture_output=True,
+                          text=True)
+    if head.returncode == 0:                                        # the suite runs in a checkout (CI: a clone)
+        assert here["git_commit"] == head.stdout.strip() and isinstance(here["git_dirty"], bool)
+    monkeypatch.setattr(runs, "__file__", str(tmp_path / "runs.py"))   # as if unpacked from a tarball
+    away = runs.provenance(torch.device("cpu"))
+    assert (away["git_commit"], away["git_dirty"]) == (None, None) and away["versions"] == here["versions"]
 
 
 def test_run_summary_reads_base_best_and_final(tmp_path):
