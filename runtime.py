@@ -233,9 +233,8 @@ def load_fsdp(path, device, rank, master_dtype, compute):
     rollout_lm.to_empty(device=device).eval().requires_grad_(False)
     rollout_lm.tie_weights()   # to_empty gives a tied E two separate tensors; FSDP's own to_empty keeps the tie
     rollout_lm.generation_config = lm.generation_config
-    outside_layers = {n for n, _ in rollout_lm.named_parameters() if ".layers." not in n}
     for name, q in rollout_lm.named_parameters():   # fp32 E, head and final norm, as in the shards' root
-        if name in outside_layers:
+        if ".layers." not in name:
             q.data = q.data.float()
     for (name, buf), (_, src) in zip(rollout_lm.named_buffers(), lm.named_buffers()):
         buf.copy_(src)

@@ -104,13 +104,16 @@ def build_parser():
     return p
 
 
+def run_folder(args):
+    return args.out or f"runs/{args.recipe}-{args.mode}-s{args.seed}"
+
+
 def parse_args(argv=None):
     p = build_parser()
     p.set_defaults(**recipes.recipe_of(argv, default="llama3b-gsm8k")[1])
     args = p.parse_args(argv)
     if args.resume:   # the run's own settings (config.json) are the defaults: `--out DIR --resume` continues it
-        out = args.out or f"runs/{args.recipe}-{args.mode}-s{args.seed}"
-        p.set_defaults(**{k: v for k, v in runs.resume_defaults(out).items() if k in vars(args)})
+        p.set_defaults(**{k: v for k, v in runs.resume_defaults(run_folder(args)).items() if k in vars(args)})
         args = p.parse_args(argv)
     if args.mode not in softcot.MODES:
         p.error(f"--mode {args.mode!r}: use one of {', '.join(softcot.MODES)}")
@@ -119,7 +122,7 @@ def parse_args(argv=None):
     if args.dtype == "bfloat16" and args.compute_dtype == "float32":
         p.error("--compute_dtype float32 with --dtype bfloat16: bf16 weights cannot compute in fp32; "
                 "use --dtype float32 (the default)")
-    args.out = args.out or f"runs/{args.recipe}-{args.mode}-s{args.seed}"
+    args.out = run_folder(args)
     validate_args(p, args)
     return args
 
