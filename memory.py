@@ -118,6 +118,11 @@ def plan(config, args, world, device, prompt_tokens=PROMPT_TOKENS):
     return p
 
 
+def gib(p):
+    """The plan's public parts in GiB, two decimals (config.json's `memory_plan_gib`)."""
+    return {k: round(v / GiB, 2) for k, v in p.items() if not k.startswith("_")}
+
+
 def fits(p):
     """The gate: the plan and its headroom within what the device has."""
     return p["total"] + p["headroom"] <= p["device"]

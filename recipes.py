@@ -76,12 +76,13 @@ def table():
 
 
 def settings_lines(parser, settings):
-    """The settings a command runs with (settings: its flags by name), one line per group of `parser`'s flags."""
+    """The settings a command runs with (settings: its flags by name), one line per group of `parser`'s flags, each
+    named by its group's title without the title's note in brackets (that is for -h)."""
     lines = []
     for group in parser._action_groups:   # argparse keeps its groups private; reading them is stable since 3.2
         flags = [a.dest for a in group._group_actions if a.dest in settings]
         if flags:
-            lines.append(f"{group.title}: " + ", ".join(f"{k} {settings[k]}" for k in flags))
+            lines.append(f"{group.title.split(' (')[0]}: " + ", ".join(f"{k} {settings[k]}" for k in flags))
     return "\n".join(lines)
 
 

@@ -83,6 +83,16 @@ def barrier(world):
         dist.barrier()
 
 
+def peak_memory(device, world):
+    """GiB: the most CUDA memory torch held on any rank since the last call (metrics.jsonl `peak_gib`, to set
+    beside the memory plan), then the counters start again; None off CUDA, where torch keeps no such count."""
+    if device.type != "cuda":
+        return None
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return max(all_gather_object(peak, world))
+
+
 # ------------------------------------------------------------------------------------------------ precision
 # The precision policy. The optimizer steps fp32 master weights (--dtype): in bf16, an AdamW update smaller than
 # half a bf16 step of its weight (~0.4% of it) rounds away, and at lr 3e-6 to 8e-6 most updates are that small.

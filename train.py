@@ -205,8 +205,8 @@ import softcot                              # noqa: E402
 # ------------------------------------------------------------------------------------------------ set-up
 def prepare_model(args, rank, world, device, train_rows, val):
     """The memory plan and every prompt's length, checked before any weight is read, then the model
-    (runtime.load_model's four). A resumed run loads its newest complete checkpoint; a new one the --model (made
-    first for the toy worlds)."""
+    (runtime.load_model's four) and the plan. A resumed run loads its newest complete checkpoint; a new one the
+    --model (made first for the toy worlds)."""
     path = runs.resume_checkpoint(args.out, rank, world) if args.resume else \
         recipes.model_path(args.model, args.seed, rank, world, args.model_revision)
     config = runtime.load_config(path)
@@ -220,7 +220,7 @@ def prepare_model(args, rank, world, device, train_rows, val):
         if problem := recipes.check_prompt_lengths(rows, tok, args.prompt, cot, args.max_answer_tokens, n):
             raise SystemExit(problem)
     return path, *runtime.load_model(path, device, rank, world, dtype=args.dtype, compute_dtype=args.compute_dtype,
-                                     fsdp=args.fsdp, grad_ckpt=args.grad_ckpt, tok=tok)
+                                     fsdp=args.fsdp, grad_ckpt=args.grad_ckpt, tok=tok), plan
 
 
 def make_optimizer(args, model):
@@ -246,10 +246,11 @@ def restore(args, path, scorer, opt, sched, rank0):
     return st["step"], st["best"], st["skipped"], st["sigma"]
 
 
-def describe_run(args, world, sigma, n_train, n_val, run_id, data_sha256, device):
+def describe_run(args, world, sigma, n_train, n_val, run_id, data_sha256, device, plan):
     """Rank 0: the settings (a line per group of flags) and the batch layout; a new run's settings in config.json
     (what --resume reads), with its id (every checkpoint carries it), its data's digest (a resume on edited data is
-    refused) and where it ran (runs.provenance). A resume never rewrites it: resumes.jsonl says what it changed."""
+    refused), its memory plan in GiB (to set beside metrics.jsonl's measured `peak_gib` on a GPU) and where it ran
+    (runs.provenance). A resume never rewrites it: resumes.jsonl says what it changed."""
     N = args.prompts_per_step * args.samples
     print(recipes.settings_lines(build_parser(), vars(args)))
     print(f"global batch: {args.prompts_per_step} prompts x {args.samples} samples = {N} sequences per step; "
@@ -260,8 +261,8 @@ def describe_run(args, world, sigma, n_train, n_val, run_id, data_sha256, device
         print("--fsdp on one process: nothing to shard; running it anyway (the code path of 8 GPUs)")
     if not args.resume:
         with open(os.path.join(args.out, "config.json"), "w") as f:
-            json.dump(vars(args) | dict(sigma=sigma, world_size=world, run_id=run_id, data_sha256=data_sha256) |
-                      runs.provenance(device), f, indent=1)
+            json.dump(vars(args) | dict(sigma=sigma, world_size=world, run_id=run_id, data_sha256=data_sha256,
+                                        memory_plan_gib=memory.gib(plan)) | runs.provenance(device), f, indent=1)
 
 
 # ------------------------------------------------------------------------------------------------ one step
@@ -400,7 +401,7 @@ def main(argv=None):
     data_sha256 = data.data_digest(train_rows + val)
     if args.resume:
         runs.check_data(args.out, data_sha256)
-    path, model, scorer, rollout_lm, tok = prepare_model(args, rank, world, device, train_rows, val)
+    path, model, scorer, rollout_lm, tok, plan = prepare_model(args, rank, world, device, train_rows, val)
     ctx = runtime.compute_context(device, runtime.dtypes(args.dtype, args.compute_dtype, device)[1])
     run_id = runs.run_id(args.out) if args.resume else runs.new_run_id()   # only rank 0's is ever written
     opt, sched = make_optimizer(args, model)
@@ -416,7 +417,7 @@ def main(argv=None):
     rows_mine = rloo.rank_slice(N, rank, world)                                    # this rank's rows of the N
     last_dir, best_dir = os.path.join(args.out, "last"), os.path.join(args.out, "best")
     if rank0:
-        describe_run(args, world, sigma, len(train_rows), len(val), run_id, data_sha256, device)
+        describe_run(args, world, sigma, len(train_rows), len(val), run_id, data_sha256, device, plan)
     tracker = report.open_tracker(args.report_to if rank0 else "none", args.out)
     if start == 0:   # the base model's validation: the bar to beat, and best/ until something beats it
         best = validate(args, rollout_lm, tok, val, rank, world, ctx)
@@ -457,6 +458,8 @@ def main(argv=None):
         m = dict(step=step + 1, lr=sched.get_last_lr()[0]) | step_metrics(ro, sc, r_all, drifted, world, device) | \
             dict(grad_norm=gnorm, skipped=skipped, t_rollout=t1 - t0, t_reward=t2 - t1, t_update=time.time() - t2)
         m["tokens_per_s"] = N * (m["cot_len"] + m["answer_len"]) / (time.time() - t0)   # sampled, then re-scored
+        if (peak := runtime.peak_memory(device, world)) is not None:   # CUDA only: the plan's check in practice
+            m["peak_gib"] = peak
         # ---- 6. greedy validation; the best checkpoint is the paper's model selection
         if (step + 1) % args.val_every == 0 or step + 1 == args.steps:
             m["val_acc"] = validate(args, rollout_lm, tok, val, rank, world, ctx)

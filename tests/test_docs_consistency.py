@@ -47,7 +47,8 @@ def doc_texts():
 # docs/metrics.md; a key the code stops writing must leave both.
 METRIC_KEYS = ["step", "lr", "reward", "reward_std", "accuracy", "boxed", "grader_errors", "cap_rate", "eos_rate",
                "cot_len", "answer_len", "cot_entropy", "noise_ratio", "rescore_mismatch", "zero_adv_frac", "grad_norm",
-               "skipped", "t_rollout", "t_reward", "t_update", "tokens_per_s", "time", "val_acc", "val_best"]
+               "skipped", "t_rollout", "t_reward", "t_update", "tokens_per_s", "time", "peak_gib", "val_acc",
+               "val_best"]
 # keys that only the dicts of a metrics line use (gradsignal.py's report shares the others): they locate those
 # dicts in the source, wherever the code has moved them; dict(step=..., lr=...) is the third
 ANCHORS = {"grad_norm", "rescore_mismatch"}

@@ -3,7 +3,7 @@
 Executed headless with nbclient, as a reader's Jupyter would run them: kernel `python3`, working directory
 `notebooks/` (their first cell puts the repository root on sys.path), one torch thread. The notebook is executed
 in memory: the committed file, outputs included, is never overwritten. The first five take 2-3 minutes on 2 CPU cores
-(notebook 05 trains for 20 steps and is about half of it), notebook 06 about a minute more; they use the shipped
+(notebook 05 trains for 25 steps and is about half of it), notebook 06 about a minute more; they use the shipped
 toy base model (models/), so nothing is trained beforehand.
 """
 import os

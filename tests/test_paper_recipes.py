@@ -1,9 +1,11 @@
 """The paper's recipes end to end on CPU: each through train.py with its real tokenizer and a shrunk random-weight copy
-of its real architecture (tests/paper_models.py), on local files in the datasets' hub schemas, in every mode; on 2
-processes with DDP and with --fsdp; a pause and --resume; then evaluate.py on a checkpoint. What is checked: the
-run goes through, its EOS set is the model folder's in every checkpoint (under DDP and FSDP alike), and a resumed
-run continues the same schedule."""
+of its real architecture (tests/paper_models.py), on local files in the datasets' hub schemas: every recipe on 1
+process, every mode on Llama-3.2-3B, a pause and --resume (scripts/gpu_check.py's section 4), Qwen2.5 on 2
+processes under --fsdp (one run of scripts/paper_recipes.py, which runs them all), evaluate.py on the 8B shape's
+checkpoint. What is checked: the run goes through, its EOS set is the model folder's in every checkpoint, and a
+resumed run continues the same schedule."""
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -13,46 +15,8 @@ import torch
 
 import evaluate
 import train
-from conftest import run_script
-from paper_models import MODELS, paper_model_folder
-
-RECIPES = {"llama3b-gsm8k": "llama3b", "llama3b-math": "llama3b", "llama3b-deepscaler": "llama3b",
-           "llama8b-gsm8k": "llama8b", "qwen3b-math": "qwen3b"}
-# a couple of steps of the smallest batch the recipe's shape allows; the App. B prompt and the lengths are real
-SMALL = ["--prompts_per_step", "1", "--samples", "2", "--micro_batch", "2", "--max_cot_tokens", "6",
-         "--val_cot_tokens", "6", "--max_answer_tokens", "4", "--val_size", "2", "--val_every", "2", "--steps", "2",
-         "--save_every", "2"]
-QUESTIONS = [("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How "
-              "many clips did Natalia sell altogether in April and May?", "72"),
-             ("Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much "
-              "did she earn?", "10"),
-             ("What is $\\dfrac{9}{7}$ plus $1$?", "\\frac{16}{7}"),
-             ("Compute $1{,}000 - 1$.", "999"),
-             ("If $x + 3 = 21$, what is $x$?", "18")]
-
-
-def hub_rows(dataset):
-    """Rows in the hub copy's schema (data.py): GSM8K's `#### gold`, MATH's boxed solution, DeepScaleR's fields."""
-    for q, a in QUESTIONS:
-        if dataset == "gsm8k":
-            yield {"question": q, "answer": f"She computes <<1+1=2>>2.\n#### {a}" if a.isdigit() else None}
-        elif dataset == "math":
-            yield {"problem": q, "solution": f"So it is $\\boxed{{{a}}}$.", "level": "Level 2", "type": "Algebra"}
-        else:
-            yield {"problem": q, "answer": a, "solution": f"$\\boxed{{{a}}}$"}
-
-
-def data_file(tmp_path, dataset):
-    path = tmp_path / f"{dataset}.jsonl"
-    rows = [r for r in hub_rows(dataset) if r.get("answer", "") is not None]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
-def eos_of(folder):
-    eos = json.load(open(os.path.join(folder, "generation_config.json")))["eos_token_id"]
-    return sorted(eos if isinstance(eos, list) else [eos])
-
+from conftest import ROOT, launch
+from paper_models import MODELS, QUESTIONS, RECIPES, SMALL, data_file, eos_of, paper_model_folder
 
 @pytest.fixture(scope="module")
 def folders():
@@ -70,10 +34,18 @@ def run_here(argv, capsys):
     return capsys.readouterr().out
 
 
-# every mode on one recipe, every recipe in one mode (each run costs ~10 s of CPU on the real vocabularies); the
-# fuzzy runs pause and resume
-RUNS = [("llama3b-gsm8k", "hard"), ("llama3b-gsm8k", "soft"), ("llama3b-gsm8k", "fuzzy"), ("llama3b-math", "soft"),
-        ("llama3b-deepscaler", "hard"), ("llama8b-gsm8k", "fuzzy"), ("qwen3b-math", "fuzzy")]
+# every recipe in one mode, every mode on Llama-3.2-3B (each run costs ~10 s of CPU on the real vocabularies); the
+# fuzzy run pauses and resumes. Below: llama3b-gsm8k fuzzy (a pause, --resume) is scripts/gpu_check.py's section 4,
+# llama8b-gsm8k fuzzy is trained and then evaluated.
+RUNS = [("llama3b-gsm8k", "hard"), ("llama3b-math", "soft"),
+        ("llama3b-deepscaler", "hard"), ("qwen3b-math", "fuzzy")]
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.parametrize("recipe, mode", RUNS)
@@ -97,29 +69,53 @@ def test_each_recipe_trains(recipe, mode, folders, tmp_path, capsys):
         assert eos_of(os.path.join(out, ckpt)) == eos_of(model)
 
 
-def test_llama8b_evaluates_after_training(folders, tmp_path, capsys):
-    """evaluate.py on a trained checkpoint of the untied 8B shape: each inference setting on a MATH-500-schema file."""
+def test_gpu_checks_recipe_section_runs_on_cpu(folders, tmp_path, capsys, monkeypatch):
+    """scripts/gpu_check.py's section 4 (llama3b-gsm8k fuzzy: a step, a pause, --resume), on CPU with the shrunk
+    Llama-3.2-3B and a small batch: its code runs and its checks pass (peak memory: none off CUDA). Its train.py
+    commands run in this process, to save two interpreter starts; its --fsdp step is left out here (FSDP on the
+    Llama architecture: the 8B test below)."""
+    gpu_check = load_script("gpu_check")
+    commands = []
+
+    def run_in_process(cmd):
+        assert cmd[1] == "train.py", cmd
+        commands.append(cmd[2:])
+        train.main(cmd[2:])
+
+    monkeypatch.setattr(gpu_check, "run", run_in_process)
+    gpu_check.paper_recipe(folders["llama3b"], str(tmp_path), extra=SMALL, fsdp=False)
+    out = capsys.readouterr().out
+    assert len(commands) == 2 and commands[1] == ["--out", str(tmp_path / "llama3b"), "--resume"]
+    assert "paused after step 1" in out
+    assert "1 process (bf16 autocast on a GPU), a pause and --resume: rescore_mismatch per step [0, 0]" in out
+    assert "measured peak none (not CUDA)" in out and "EOS [128001, 128008, 128009]" in out
+
+
+def test_qwen_on_two_processes_with_fsdp_keeps_both_eos_ids(folders, tmp_path):
+    """Qwen2.5's config.json names one EOS, its generation_config.json two: under --fsdp on 2 processes the run's
+    checkpoints keep both (FSDP's from_config models had dropped 151643). DDP builds no model of its own, so its
+    checkpoints are the 1-process runs' (above). This is one run of scripts/paper_recipes.py, which runs every
+    recipe under DDP and FSDP (docs/training.md has its table)."""
+    row = load_script("paper_recipes").one_run("qwen3b-math", True, 2, str(tmp_path), launch=launch)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:2] == ["qwen3b-math soft", "FSDP"], row
+    assert cells[4:8] == ["[0, 0]", "0", "[151643, 151645]", "ok"], row
+
+
+def test_llama8b_trains_then_evaluates(folders, tmp_path, capsys):
+    """Llama-3.1-8B's untied shape (E and head apart) in fuzzy mode, then evaluate.py on its best/ checkpoint in
+    every inference setting, on a file in MATH-500's schema. (Untied under FSDP on 2 processes: test_train.py's
+    update-equality test, on the toy.)"""
     out = str(tmp_path / "run")
-    run_here(["--recipe", "llama8b-gsm8k", "--mode", "fuzzy", "--model", folders["llama8b"], "--data_path",
-              data_file(tmp_path, "gsm8k"), "--out", out] + SMALL, capsys)
+    stdout = run_here(["--recipe", "llama8b-gsm8k", "--mode", "fuzzy", "--model", folders["llama8b"], "--data_path",
+                       data_file(tmp_path, "gsm8k"), "--out", out] + SMALL, capsys)
+    print("llama8b-gsm8k fuzzy: " + next(l for l in stdout.splitlines() if l.startswith("memory plan")))
+    for ckpt in ("best", "last"):
+        assert eos_of(os.path.join(out, ckpt)) == eos_of(folders["llama8b"]) == [128001, 128008, 128009]
     test = data_file(tmp_path, "deepscaler")   # MATH-500's schema: problem, answer, solution
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
+    with contextlib.redirect_stdout(io.StringIO()):
         evaluate.main(["--recipe", "llama8b-gsm8k", "--model", os.path.join(out, "best"), "--dataset", "math500",
                        "--data_path", test, "--samples", "2", "--k", "1", "2", "--batch", "4", "--max_cot_tokens",
                        "6", "--max_answer_tokens", "4", "--out", str(tmp_path / "eval"), "--label", "t"])
     r = json.load(open(tmp_path / "eval" / "results_t.json"))
     assert r["problems"] == len(QUESTIONS) and set(r["checkpoints"][0]["settings"]) == set(evaluate.softcot.SETTINGS)
-
-
-@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
-def test_qwen_on_two_processes_keeps_both_eos_ids(sharding, folders, tmp_path):
-    """Qwen2.5's config.json names one EOS, its generation_config.json two: under DDP and under --fsdp the run's
-    checkpoints keep both (FSDP's from_config models had dropped 151643)."""
-    out = str(tmp_path / "run")
-    run_script("train.py", ["--recipe", "qwen3b-math", "--mode", "soft", "--model", folders["qwen3b"], "--data_path",
-                            data_file(tmp_path, "math"), "--out", out] + SMALL + ["--prompts_per_step", "2"]
-               + (["--fsdp"] if sharding == "fsdp" else []), torchrun=True)
-    assert eos_of(folders["qwen3b"]) == [151643, 151645]
-    for ckpt in ("best", "last"):
-        assert eos_of(os.path.join(out, ckpt)) == [151643, 151645]

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
 
 import data
+import memory
 import paper_models
 import rewards
 import softcot
@@ -197,6 +198,17 @@ def test_paper_model_folder(paper_model, llama3_tok, qwen_tok, name, vocab, thet
     with torch.no_grad():                                                          # the App. B prompt runs
         logits = model(input_ids=torch.tensor([tok(data.format_prompt(QUESTION)).input_ids])).logits
     assert logits.shape[-1] == vocab and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", list(paper_models.MODELS))
+def test_real_sizes_are_the_published_ones(name):
+    """REAL (scripts/gpu_check.py's sizes) agrees with memory.PAPER_MODELS, the plan's published shapes."""
+    c = memory.PAPER_MODELS[paper_models.MODELS[name][0]]
+    real = paper_models.REAL[name]
+    assert {k: getattr(c, k) for k in real if k not in ("head_dim", "max_position_embeddings")} == \
+        {k: v for k, v in real.items() if k not in ("head_dim", "max_position_embeddings")}
+    assert real["hidden_size"] // real["num_attention_heads"] == real["head_dim"]
+    assert paper_models.MODELS[name][2]["tie_word_embeddings"] == c.tie_word_embeddings
 
 
 def test_a_paper_model_folder_is_built_once(paper_model):

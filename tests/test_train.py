@@ -14,6 +14,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import runs
+import runtime
 import toy
 import train
 from conftest import TORCHRUN, crash_report, killed_by_signal, launch, run_script
@@ -60,6 +61,9 @@ def test_smoke_each_mode(base, tmp_path, capsys, mode):
     assert cfg["mode"] == mode and (cfg["sigma"] > 0) == (mode != "hard")
     assert cfg["versions"]["torch"] == torch.__version__ and cfg["device"].startswith("cpu")
     assert datetime.fromisoformat(cfg["started"]).tzinfo is not None
+    plan = cfg["memory_plan_gib"]   # the plan the gate admitted the run on, in GiB, beside peak_gib on a GPU
+    assert plan["total"] + plan["headroom"] <= plan["device"] and "activations" in plan and "_rollout" not in plan
+    assert "peak_gib" not in lines[1]   # CPU: torch keeps no peak count, so none is logged (never a made-up 0)
     assert os.path.isfile(os.path.join(out, "training.png"))
     # train soft, deploy hard: the best checkpoint is a plain Hugging Face folder that generate()s
     model = AutoModelForCausalLM.from_pretrained(os.path.join(out, "best"))
@@ -205,6 +209,18 @@ def test_reward_std_is_over_the_steps_rollouts():
     m = train.step_metrics(ro, sc, r_all, 0, 1, torch.device("cpu"))
     assert m["reward"] == 30.0 and m["reward_std"] == pytest.approx(statistics.pstdev([100, 0, 10, 10]))
     assert m["cot_len"] == 4.0 and m["zero_adv_frac"] == 0.5
+
+
+def test_peak_memory_reads_the_cuda_peak_and_starts_it_again(monkeypatch):
+    """`peak_gib`: torch's CUDA high-water mark since the last call, in GiB, then reset (so each step logs its own);
+    emulated on CPU by standing in for torch.cuda's two counters."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 3 * 2**29 if not calls else 2**30)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: calls.append(d))
+    cuda = torch.device("cuda:0")
+    assert runtime.peak_memory(cuda, 1) == 1.5 and calls == [cuda]
+    assert runtime.peak_memory(cuda, 1) == 1.0 and len(calls) == 2
+    assert runtime.peak_memory(torch.device("cpu"), 1) is None and len(calls) == 2
 
 
 def test_provenance_names_the_commit_and_records_null_outside_a_git_checkout(tmp_path, monkeypatch):
