@@ -66,13 +66,13 @@ dataset's revision (a hub name is its name). The process count is not needed: it
 Deleting <out>/cache is always safe; it costs the time to compute its parts again, and the generations go with
 it. One call at a time per --out: two calls of the same evaluation would append to the same files.
 
-Checks before a model runs: a --model folder that is cut short or damaged (runs.folder_problem: config and
+Checks before a model runs: a --model folder that is cut short or damaged (checkpoints.folder_problem: config and
 tokenizer JSON, safetensors lengths) is refused by the parser, naming it (exit code 2). After loading, before
 any rollout (tokenizer_problem): the tokenizer's len fits the embedding's rows; its bos, eos and pad ids and the
 generation config's eos ids lie inside it; its bos and eos ids are the ones config.json names; then
-(runs.content_problem) every file of a train.py checkpoint still has the sha256 checkpoint.json recorded at save
-time, and no weight is NaN or inf. Not detectable: a tokenizer of the same size and special ids whose ordinary tokens are in another order,
-when it was in the folder from the start (a folder without checkpoint.json, or a checkpoint saved with the wrong
+(checkpoints.content_problem) every file of a train.py checkpoint still has the sha256 checkpoint.json recorded at
+save time, and no weight is NaN or inf. Not detectable: a tokenizer of the same size and special ids whose
+ordinary tokens are in another order, when it was in the folder from the start (a folder without checkpoint.json, or a checkpoint saved with the wrong
 tokenizer); the model then reads other text than it learned and scores near 0% without an error.
 
 Reproducible: problems are cut into fixed chunks (--batch sequences each) and chunk j's rollout draws from a
@@ -97,14 +97,15 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import checkpoints
 import data
 import plots
-import rewards
-import smol
-import softcot
 import recipes
+import rewards
 import runs
 import runtime
+import smol
+import softcot
 import toy
 
 LETTERS = "ABCDEFGHIJ"
@@ -375,7 +376,8 @@ def evaluate_checkpoint(args, path, test, ood, rank, world, device, desc):
         model, tok = runtime.load_for_inference(folder, device, args.dtype)
         # the tokenizer, then the bytes: checksums of a train.py checkpoint, NaN weights (0% and exit 0 before);
         # one read of the weights, against hours of rollouts
-        problem = tokenizer_problem(model, tok) or (runs.content_problem(folder) if os.path.isdir(folder) else None)
+        problem = tokenizer_problem(model, tok) or \
+            (checkpoints.content_problem(folder) if os.path.isdir(folder) else None)
         if problem:
             raise SystemExit(f"--model {path}: {problem}")
     if "sigma" not in done:
@@ -710,9 +712,10 @@ def parse_args(argv=None):
         if not named and not os.path.exists(path):
             p.error(f"--model {path}: no such checkpoint folder; pass a folder written by train.py "
                     "(runs/<run>/best), a hub name, 'toy' / 'toy-calibrated' / 'toy-slips' (a toy base model) or 'smol' (smol.py)")
-        # headers and JSON only (runs.folder_problem): a file cut short is named here, not a SafetensorError later
+        # headers and JSON only (checkpoints.folder_problem): a file cut short is named here, not a SafetensorError
+        # later
         if path not in recipes.MADE_HERE and os.path.exists(path):
-            problem = runs.folder_problem(path) if os.path.isdir(path) else "a file, not a checkpoint folder"
+            problem = checkpoints.folder_problem(path) if os.path.isdir(path) else "a file, not a checkpoint folder"
             if problem:
                 p.error(f"--model {path}: cannot be loaded ({problem}); pass a complete checkpoint folder "
                         "(train.py's best/ or last/, or last.prev/ when last/ is damaged)")

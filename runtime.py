@@ -90,7 +90,11 @@ def peak_memory(device, world):
         return None
     peak = torch.cuda.max_memory_allocated(device) / 2**30
     torch.cuda.reset_peak_memory_stats(device)
-    return max(all_gather_object(peak, world))
+    if world > 1:   # one float per rank: a tensor all-reduce, not a pickled gather, on every step
+        t = torch.tensor(peak, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        peak = t.item()
+    return peak
 
 
 # ------------------------------------------------------------------------------------------------ precision

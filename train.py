@@ -20,8 +20,9 @@ What is deliberately absent, because the paper has none of it: a KL penalty or r
 clipping, advantage standard-deviation normalisation, an entropy bonus, several updates per batch. Ours, and
 documented: gradient-norm clipping (--grad_clip), skipping a step whose gradient is not finite.
 This file is the parser, the step, validation and the loop; below it: recipes.py (settings, data, seeds),
-runtime.py (processes, precision, loading, FSDP), runs.py (checkpoints, resume), memory.py (the memory plan),
-report.py (--report_to: TensorBoard, wandb), plots.py (<out>/training.png).
+runtime.py (processes, precision, loading, FSDP), runs.py (the run folder, resume), checkpoints.py (saving and
+checking checkpoints), memory.py (the memory plan), report.py (--report_to: TensorBoard, wandb), plots.py
+(<out>/training.png).
 """
 
 import argparse
@@ -193,6 +194,7 @@ import torch.distributed as dist            # noqa: E402
 from tqdm import tqdm                       # noqa: E402
 from transformers.utils import logging      # noqa: E402
 
+import checkpoints                          # noqa: E402
 import memory                               # noqa: E402
 import plots                                # noqa: E402
 import rewards                              # noqa: E402
@@ -238,7 +240,7 @@ def make_optimizer(args, model):
 def restore(args, path, scorer, opt, sched, rank0):
     """--resume: the optimizer, schedule and counters of the checkpoint at `path`, and the logs cut back to its
     step. Returns (start step, best, skipped, sigma)."""
-    st = runs.load_trainer_state(path)
+    st = checkpoints.load_trainer_state(path)
     runtime.load_optimizer_state(scorer, opt, st["optimizer"], args.fsdp)
     sched.load_state_dict(st["scheduler"])
     if rank0:
@@ -352,7 +354,7 @@ def save_best(args, model, scorer, opt, tok, rank0, run_id, logs=None):
     samples.jsonl afresh with this line (the base model's validation)."""
     weights, _ = runtime.gather_state(scorer, opt, args.fsdp, with_optimizer=False)
     if rank0:
-        runs.save_checkpoint(os.path.join(args.out, "best"), model, tok, weights=weights, run_id=run_id)
+        checkpoints.save_checkpoint(os.path.join(args.out, "best"), model, tok, weights=weights, run_id=run_id)
         if logs is not None:
             open(os.path.join(args.out, "metrics.jsonl"), "w").write(json.dumps(logs) + "\n")
             open(os.path.join(args.out, "samples.jsonl"), "w").close()
@@ -362,7 +364,7 @@ def save_last(args, model, scorer, opt, tok, rank0, state):
     """<out>/last: weights, optimizer and trainer state, for --resume; the previous one stays as last.prev/."""
     weights, opt_state = runtime.gather_state(scorer, opt, args.fsdp, with_optimizer=True)
     if rank0:
-        runs.save_checkpoint(os.path.join(args.out, "last"), model, tok, dict(optimizer=opt_state) | state,
+        checkpoints.save_checkpoint(os.path.join(args.out, "last"), model, tok, dict(optimizer=opt_state) | state,
                              weights=weights, keep_previous=True, run_id=state["run_id"])
 
 

@@ -44,6 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import paper_models   # noqa: E402  (the paper's models for tests; section 4)
+import smol           # noqa: E402
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
 
 
@@ -110,18 +111,6 @@ def model_step(shape="llama3b", device="cuda", rows=32, cot=128, micro=4):
               f"{norm:.3g} |", flush=True)
 
 
-def gsm8k_file(path, n=48):
-    """n made-up problems in GSM8K's hub schema (question; answer ending in `#### gold`): the recipe's data files
-    without the hub, which a lent GPU cannot reach."""
-    with open(path, "w") as f:
-        for i in range(n):
-            a, b = 3 + i, 17 + 2 * i
-            f.write(json.dumps(dict(question=f"Tom has {a} apples and buys {b} more. How many apples does he have?",
-                                    answer=f"He has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}"))
-                    + "\n")
-    return path
-
-
 def check_recipe_run(out, model, what, steps):
     """A paper-recipe run in `out`: its steps all logged, nothing skipped, every checkpoint with the model's EOS
     ids; prints the guard's counts and the memory plan beside the measured peak (fails when the peak is above plan
@@ -143,9 +132,11 @@ def check_recipe_run(out, model, what, steps):
 
 def paper_recipe(model, tmp, extra=(), fsdp=True):
     """Section 4: llama3b-gsm8k through train.py on `model` (a folder): a step, a pause, --resume for the second;
-    then (`fsdp`) a step under torchrun --fsdp. `extra` flags come last (a test shrinks the batch with them)."""
+    then (`fsdp`) a step under torchrun --fsdp. The data: the toy problems in English as a GSM8K file (a lent GPU
+    cannot reach the hub). `extra` flags come last (a test shrinks the batch with them)."""
     common = ["--recipe", "llama3b-gsm8k", "--mode", "fuzzy", "--model", model,
-              "--data_path", gsm8k_file(os.path.join(tmp, "gsm8k.jsonl")), "--val_size", "16", "--steps", "2",
+              "--data_path", smol.write_problems(os.path.join(tmp, "gsm8k.jsonl"), 48, seed=0),   # GSM8K's schema
+              "--val_size", "16", "--steps", "2",
               "--val_every", "2", *extra]
     out = os.path.join(tmp, "llama3b")
     run([sys.executable, "train.py", *common, "--out", out, "--stop_after", "1"])

@@ -24,6 +24,7 @@ import bench
 import evaluate
 import gradsignal
 import recipes
+import checkpoints
 import runs
 import runtime
 import smol
@@ -192,17 +193,17 @@ def test_damaged_cached_base_model_is_rebuilt(tmp_path, capsys):
     weights = os.path.join(path, "model.safetensors")
     size = os.path.getsize(weights)
     os.truncate(weights, size // 2)                                     # a copy cut short
-    assert "model.safetensors" in runs.folder_problem(path)
+    assert "model.safetensors" in checkpoints.folder_problem(path)
     capsys.readouterr()
     assert toy.base_model(seed=0, steps=2, cache_dir=str(tmp_path)) == path
     out = capsys.readouterr().out
     assert f"the cached toy base model at {path} is damaged" in out and "making the toy base model" in out
-    assert os.path.getsize(weights) == size and runs.folder_problem(path) is None
+    assert os.path.getsize(weights) == size and checkpoints.folder_problem(path) is None
     with open(os.path.join(path, "config.json"), "w") as f:            # a config that is not JSON
         f.write("{")
-    assert runs.folder_problem(path).startswith("config.json: JSONDecodeError")
+    assert checkpoints.folder_problem(path).startswith("config.json: JSONDecodeError")
     toy.base_model(seed=0, steps=2, cache_dir=str(tmp_path))
-    assert runs.folder_problem(path) is None
+    assert checkpoints.folder_problem(path) is None
 
 
 # ------------------------------------------------------------------------------------------------ resume
@@ -283,7 +284,7 @@ def test_truncated_checkpoints_are_named(run, base, tmp_path, capsys, monkeypatc
     shutil.copytree(run, out)
     weights = os.path.join(out, "last", "model.safetensors")
     os.truncate(weights, os.path.getsize(weights) - 10)
-    assert "model.safetensors" in runs.checkpoint_problem(os.path.join(out, "last"))
+    assert "model.safetensors" in checkpoints.checkpoint_problem(os.path.join(out, "last"))
     assert train.parse_args(resume_argv(base, out)).resume                 # last.prev/ is still complete
     state = os.path.join(out, "last.prev", "trainer_state.pt")
     os.truncate(state, os.path.getsize(state) // 2)

@@ -13,6 +13,7 @@ import torch
 
 import evaluate
 import rewards
+import checkpoints
 import runs
 import softcot
 import toy
@@ -436,7 +437,7 @@ def test_a_tokenizer_that_is_not_the_models_is_refused(base, tmp_path, monkeypat
         in refused(moved)
     saved = tmp_path / "run" / "last"                                           # a checkpoint as train.py saves it
     model, tok = evaluate.runtime.load_for_inference(base, torch.device("cpu"), "float32")
-    evaluate.runs.save_checkpoint(str(saved), model, tok)
+    checkpoints.save_checkpoint(str(saved), model, tok)
     swapped(saved, "1", "2")                                                    # same size, same special ids
     assert refused(saved).startswith(f"--model {saved}: tokenizer.json is not the file the checkpoint was saved with")
 

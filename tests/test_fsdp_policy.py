@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from safetensors import safe_open
 
-import runs
+import checkpoints
 import runtime
 import softcot
 from conftest import make_model
@@ -44,7 +44,7 @@ def test_fsdp_keeps_the_generation_config(tokenizer, tmp_path, one_rank_group):
     assert lm.generation_config.eos_token_id == rollout_lm.generation_config.eos_token_id == eos
     assert softcot._eos_ids(rollout_lm, tokenizer) == set(eos)
     weights, _ = runtime.gather_state(scorer, None, fsdp=True, with_optimizer=False)
-    runs.save_checkpoint(str(tmp_path / "best"), lm, tokenizer, weights=weights)
+    checkpoints.save_checkpoint(str(tmp_path / "best"), lm, tokenizer, weights=weights)
     assert json.load(open(tmp_path / "best" / "generation_config.json"))["eos_token_id"] == eos
     # the tied E is written once, under the name a plain save_pretrained gives it (it was written twice)
     with safe_open(str(tmp_path / "best" / "model.safetensors"), "pt") as f, \

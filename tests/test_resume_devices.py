@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-import runs
+import checkpoints
 import runtime
 import train
 from conftest import make_model
@@ -17,10 +17,10 @@ STATE = "trainer_state.pt"
 
 
 def save_from_cuda0(path, model, tok, opt, sched, step, monkeypatch):
-    """runs.save_checkpoint as rank 0 of a GPU run would write it: every tensor's storage tagged cuda:0."""
+    """checkpoints.save_checkpoint as rank 0 of a GPU run would write it: every tensor's storage tagged cuda:0."""
     with monkeypatch.context() as m:
         m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
-        runs.save_checkpoint(path, model, tok, dict(optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+        checkpoints.save_checkpoint(path, model, tok, dict(optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                                                     step=step, best=0.5, skipped=0, sigma=0.1, run_id="r1"),
                              keep_previous=True, run_id="r1")
 
@@ -54,7 +54,7 @@ def test_a_checkpoint_from_cuda0_resumes_on_this_device(tmp_path, tokenizer, tra
     out = tmp_path / "run"
     last = str(out / "last")
     save_from_cuda0(last, model, tokenizer, opt, sched, 3, monkeypatch)
-    assert runs.checkpoint_problem(last, "r1", verify=True) is None
+    assert checkpoints.checkpoint_problem(last, "r1", verify=True) is None
     args.out = str(out)
     fresh = make_model("llama", tokenizer)
     opt2, sched2 = train.make_optimizer(args, fresh)
@@ -71,23 +71,23 @@ def test_a_save_never_deletes_last_on_one_failed_read(tmp_path, tokenizer, train
     args, model, opt, sched = trained
     last = str(tmp_path / "last")
     save_from_cuda0(last, model, tokenizer, opt, sched, 3, monkeypatch)
-    runs.save_checkpoint(last, model, tokenizer, dict(optimizer=opt.state_dict(), step=4, run_id="r1"),
+    checkpoints.save_checkpoint(last, model, tokenizer, dict(optimizer=opt.state_dict(), step=4, run_id="r1"),
                          keep_previous=True, run_id="r1")
-    assert runs.read_manifest(last + ".prev")["step"] == 3 and runs.read_manifest(last)["step"] == 4
+    assert checkpoints.read_manifest(last + ".prev")["step"] == 3 and checkpoints.read_manifest(last)["step"] == 4
     # a last/ that really is damaged is set aside as last.damaged/, and last.prev/ stays the fallback
     os.remove(os.path.join(last, STATE))
-    runs.save_checkpoint(last, model, tokenizer, dict(optimizer=opt.state_dict(), step=5, run_id="r1"),
+    checkpoints.save_checkpoint(last, model, tokenizer, dict(optimizer=opt.state_dict(), step=5, run_id="r1"),
                          keep_previous=True, run_id="r1")
-    assert [runs.read_manifest(last + s)["step"] for s in ("", ".prev", ".damaged")] == [5, 3, 4]
+    assert [checkpoints.read_manifest(last + s)["step"] for s in ("", ".prev", ".damaged")] == [5, 3, 4]
 
 
 def test_nonfinite_names_nan_and_inf_but_not_a_sum_that_overflows():
-    """runs.nonfinite screens each tensor by its sum: NaN and +-inf anywhere are found; finite values whose sum
+    """checkpoints.nonfinite screens each tensor by its sum: NaN and +-inf anywhere are found; finite values whose sum
     overflows to inf are not called non-finite (the full check decides then)."""
     big = torch.full((4,), 3e38)                           # finite, sum inf in fp32
-    assert big.sum().isinf() and runs.nonfinite({"big": big}) is None
+    assert big.sum().isinf() and checkpoints.nonfinite({"big": big}) is None
     for bad in (float("nan"), float("inf"), -float("inf")):
         t = torch.zeros(1000)
         t[617] = bad
-        assert runs.nonfinite({"ok": torch.ones(3), "w": t, "ids": torch.tensor([1, 2])}) == "w"
-    assert runs.nonfinite({"ok": torch.ones(3, dtype=torch.bfloat16)}) is None
+        assert checkpoints.nonfinite({"ok": torch.ones(3), "w": t, "ids": torch.tensor([1, 2])}) == "w"
+    assert checkpoints.nonfinite({"ok": torch.ones(3, dtype=torch.bfloat16)}) is None

@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import checkpoints
 import runs
 import train
 from conftest import ENV, ROOT, TORCHRUN
@@ -81,7 +82,7 @@ def test_overwrite_replaces_the_old_run_and_keeps_other_files(run, base, capsys)
     config = json.load(open(os.path.join(run, "config.json")))
     assert config["run_id"] != old_id and config["steps"] == 1 and config["overwrite"]
     assert not os.path.exists(os.path.join(run, "last.prev"))            # the old run's fallback went with it
-    assert runs.read_manifest(os.path.join(run, "last"))["run_id"] == config["run_id"]
+    assert checkpoints.read_manifest(os.path.join(run, "last"))["run_id"] == config["run_id"]
     assert open(os.path.join(run, "notes.txt")).read() == "mine"
 
 
@@ -128,8 +129,8 @@ def test_train_main_releases_its_lock(finished):
 def test_resume_refuses_another_runs_checkpoint(run, base, capsys):
     config = json.load(open(os.path.join(run, "config.json")))
     for folder in ("last", "last.prev"):                                   # as if another run had written them
-        path = os.path.join(run, folder, runs.MANIFEST)
-        json.dump(runs.read_manifest(os.path.join(run, folder)) | dict(run_id="someone-else"), open(path, "w"))
+        path = os.path.join(run, folder, checkpoints.MANIFEST)
+        json.dump(checkpoints.read_manifest(os.path.join(run, folder)) | dict(run_id="someone-else"), open(path, "w"))
     line = refused(argv(base, run, "--resume"), capsys)
     assert "belongs to another run (run id someone-else" in line and config["run_id"] in line, line
 
@@ -141,7 +142,7 @@ def test_a_flipped_byte_is_named_and_the_previous_checkpoint_used(run, base, cap
         byte = f.read(1)
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0x40]))
-    assert runs.checkpoint_problem(os.path.join(run, "last")) is None      # sizes and headers: still fine
+    assert checkpoints.checkpoint_problem(os.path.join(run, "last")) is None      # sizes and headers: still fine
     train.main(argv(base, run, "--resume"))
     out = capsys.readouterr().out
     assert f"skipping {run}/last, it cannot be loaded (model.safetensors is not the file the checkpoint was saved with" in out
@@ -154,28 +155,28 @@ def test_nan_weights_are_found_on_load_and_never_written(run, base, capsys):
     name = sorted(weights)[0]
     weights[name][0] = float("nan")
     save_file(weights, os.path.join(last, "model.safetensors"), metadata={"format": "pt"})
-    os.remove(os.path.join(last, runs.MANIFEST))                           # no checksum to catch it: the scan must
-    assert runs.content_problem(last) == f"model.safetensors: {name} holds NaN or inf"
-    assert runs.checkpoint_problem(last, verify=True).endswith("holds NaN or inf")
+    os.remove(os.path.join(last, checkpoints.MANIFEST))                    # no checksum to catch it: the scan must
+    assert checkpoints.content_problem(last) == f"model.safetensors: {name} holds NaN or inf"
+    assert checkpoints.checkpoint_problem(last, verify=True).endswith("holds NaN or inf")
     # save_checkpoint refuses NaN weights, so a healthy checkpoint is never rotated away for them
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model, tok = AutoModelForCausalLM.from_pretrained(last), AutoTokenizer.from_pretrained(last)
     before = open(os.path.join(run, "last.prev", "model.safetensors"), "rb").read()
     with pytest.raises(SystemExit, match="not finite"):
-        runs.save_checkpoint(os.path.join(run, "last.prev"), model, tok, dict(step=9))
+        checkpoints.save_checkpoint(os.path.join(run, "last.prev"), model, tok, dict(step=9))
     assert open(os.path.join(run, "last.prev", "model.safetensors"), "rb").read() == before
 
 
 def test_a_save_interrupted_between_its_renames_is_finished(run):
     best = os.path.join(run, "best")
     os.replace(best, best + ".old")                                        # killed after the first rename
-    runs.recover(best)
+    checkpoints.recover(best)
     assert os.path.isdir(best) and not os.path.exists(best + ".old")
     last = os.path.join(run, "last")                                       # last/ moved to .prev, .tmp complete
     shutil.rmtree(last + ".prev")
     shutil.copytree(last, last + ".tmp")
     os.replace(last, last + ".prev")
-    runs.recover(last)
+    checkpoints.recover(last)
     assert step_of(last) == 2 and not os.path.exists(last + ".tmp")
 
 
@@ -188,7 +189,7 @@ def test_a_full_disk_leaves_no_partial_folder_and_says_so(run, monkeypatch):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
     monkeypatch.setattr(torch, "save", full)
     with pytest.raises(SystemExit, match=r"cannot write the checkpoint .*unexpected pos.*GiB free.*--resume"):
-        runs.save_checkpoint(last, model, tok, dict(step=3), keep_previous=True)
+        checkpoints.save_checkpoint(last, model, tok, dict(step=3), keep_previous=True)
     assert not os.path.exists(last + ".tmp") and step_of(last) == 2
 
 
