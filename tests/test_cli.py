@@ -177,13 +177,10 @@ def run_refused(cmd, flag, env=ENV):
     assert flag in p.stderr.strip().splitlines()[-1] and not p.stdout.strip(), p.stdout[-2000:] + p.stderr[-2000:]
 
 
-# the two entry points as processes (bench.py's and smol.py's parsers: in this process, above)
-@pytest.mark.parametrize("script, bad, flag", [
-    ("train", ["--micro_batch", "-1"], "--micro_batch"),    # was: trained nothing, exit 0
-    ("evaluate", ["--out", "{file}/eval"], "--out"),         # was: found out after the whole evaluation
-])
-def test_refused_as_a_process(script, bad, flag, where):
-    run_refused([f"{script}.py"] + fill(BASE[script] + bad, where), flag,
+def test_refused_as_a_process(where):
+    """One refusal as a real `python train.py` process (exit code 2, one line, no traceback): the parsers share
+    their error path (every case above, in this process), so one process shows that path reaches the shell."""
+    run_refused(["train.py"] + fill(BASE["train"] + ["--micro_batch", "-1"], where), "--micro_batch",   # was: exit 0
                 env=dict(ENV, SOFTCOT_CACHE=os.path.join(where["tmp"], "cache")))
 
 

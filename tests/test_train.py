@@ -1,9 +1,9 @@
 """train.py end to end, as subprocesses with tiny budgets (CleanRL's habit), and its distributed arithmetic."""
 import json
 import os
+import shutil
 import statistics
 import subprocess
-import sys
 
 from datetime import datetime
 from types import SimpleNamespace
@@ -13,6 +13,8 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import checkpoints
+import ddp_step
 import runs
 import runtime
 import toy
@@ -73,42 +75,23 @@ def test_smoke_each_mode(base, tmp_path, capsys, mode):
     assert model.generate(**enc, max_new_tokens=5, do_sample=False).shape[1] > enc.input_ids.shape[1]
 
 
-def test_torchrun_two_processes(base, tmp_path):
-    out = str(tmp_path / "ddp")
-    p = run(TINY + ["--mode", "soft", "--model", base, "--steps", "2", "--out", out], torchrun=True)
-    assert "2 process(es) x 2 sequences" in p.stdout
-    assert len(open(os.path.join(out, "metrics.jsonl")).readlines()) == 3
-
-
-def ddp_step(tmp_path, name, flags, torchrun):
-    """tests/ddp_step.py's update on one process or two (DDP or FSDP); returns what rank 0 saved."""
-    out = str(tmp_path / f"{name}.pt")
-    p = launch((TORCHRUN if torchrun else [sys.executable]) + ["tests/ddp_step.py", out, str(tmp_path / name)] + flags,
-               timeout=300)
-    assert p.returncode == 0, crash_report(p)
-    return torch.load(out)
-
-
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory):
-    """The one-process reference update, computed once per embedding tying."""
-    cache = {}
-
-    def get(tied):
-        if tied not in cache:
-            cache[tied] = ddp_step(tmp_path_factory.mktemp("one"), "one", [] if tied else ["--untied"], False)
-        return cache[tied]
-    return get
+def two_processes(tmp_path_factory):
+    """tests/ddp_step.py's three 2-rank updates (DDP, FSDP, FSDP untied), in one torchrun launch; what rank 0 saved."""
+    out = tmp_path_factory.mktemp("two")
+    settings = ["ddp-tied", "fsdp-tied", "fsdp-untied"]
+    p = launch(TORCHRUN + ["tests/ddp_step.py", str(out)] + settings, timeout=300)
+    assert p.returncode == 0, crash_report(p)
+    return {s: torch.load(out / f"{s}.pt") for s in settings}
 
 
-@pytest.mark.parametrize("sharding,tied", [("ddp", True), ("fsdp", True), ("fsdp", False)],
-                         ids=["ddp-tied", "fsdp-tied", "fsdp-untied"])
-def test_one_process_update_equals_two_processes(tmp_path, one_process, sharding, tied):
+@pytest.mark.parametrize("setting", ["ddp-tied", "fsdp-tied", "fsdp-untied"])
+def test_one_process_update_equals_two_processes(tmp_path, two_processes, setting):
     """The DDP- or FSDP-averaged update on 2 ranks equals the one-process update on the same global batch (and under
     FSDP the ranks' rollouts of different lengths do not hang: ddp_step.py)."""
-    untied = [] if tied else ["--untied"]
-    a = one_process(tied)
-    b = ddp_step(tmp_path, "two", untied + (["--fsdp"] if sharding == "fsdp" else []), torchrun=True)
+    tied = setting.endswith("-tied")
+    a = ddp_step.update(str(tmp_path / "one"), tied=tied, fsdp=False)   # the reference, in this process
+    b = two_processes[setting]
     assert a["_norm"] > 0 and a["_drifted"] == 0 and b["_drifted"] == 0
     init = __import__("conftest").make_model("llama", __import__("conftest").make_tokenizer(), tied=tied)
     moved = 0
@@ -140,16 +123,20 @@ def test_resume_equals_uninterrupted(base, tmp_path, capsys):
 
 
 def test_fsdp_resume_equals_uninterrupted(base, tmp_path):
-    """Under FSDP2 (2 processes, gloo): a run paused and resumed ends with the same weights as an uninterrupted one
-    (the checkpoint is gathered from the shards into a plain folder, and the optimizer state with it), and the
-    checkpoint decodes with from_pretrained + generate."""
+    """Under FSDP2 (2 processes, gloo): a run resumed from its step-2 checkpoint ends with the same weights as the
+    uninterrupted run (the checkpoint is gathered from the shards into a plain folder, the optimizer state with it,
+    and scattered back into the shards on resume), and the checkpoint decodes with from_pretrained + generate.
+    The resumed run is a copy of the finished one whose last/ (step 3) is gone, as if the process had been killed
+    before writing it: --resume takes last.prev/ (step 2) and redoes step 3. (One launch fewer than a paused run
+    would take; pausing itself, --stop_after and signals, is tested on 1 and 2 processes in test_run_folder.py.)"""
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
-    common = TINY + ["--mode", "soft", "--model", base, "--steps", "3", "--save_every", "1", "--val_every", "3",
-                     "--fsdp"]
-    p = run(common + ["--out", full], torchrun=True)
-    assert "memory plan per process" in p.stdout
-    run(common + ["--out", part, "--stop_after", "1"], torchrun=True)
-    run(common + ["--out", part, "--resume"], torchrun=True)
+    p = run(TINY + ["--mode", "soft", "--model", base, "--steps", "3", "--save_every", "1", "--val_every", "3",
+                    "--fsdp", "--out", full], torchrun=True)
+    assert "memory plan per process" in p.stdout and "2 process(es) x 2 sequences" in p.stdout
+    shutil.copytree(full, part)
+    shutil.rmtree(os.path.join(part, "last"))
+    assert checkpoints.load_trainer_state(os.path.join(part, "last.prev"))["step"] == 2
+    run(["--out", part, "--resume"], torchrun=True)
     a, b, init = params(os.path.join(full, "last")), params(os.path.join(part, "last")), params(base)
     assert any(not torch.equal(a[k], init[k]) for k in a)
     for k in a:
