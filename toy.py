@@ -402,9 +402,14 @@ def _answers(model, tok, rows, num_samples=1, do_sample=False, max_new_tokens=96
     return out
 
 
+def accuracy(answers, rows):
+    """Fraction of rows whose first answer (of _answers' list per row) equals the gold number."""
+    return sum(a[0] == gold(r) for a, r in zip(answers, rows)) / len(rows)
+
+
 def greedy_accuracy(model, tok, rows):
     """Fraction of rows whose greedy completion's \\boxed{} equals the gold number."""
-    return sum(a[0] == gold(r) for a, r in zip(_answers(model, tok, rows), rows)) / len(rows)
+    return accuracy(_answers(model, tok, rows), rows)
 
 
 def sample_stats(model, tok, rows, num_samples=8, seed=0):

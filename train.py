@@ -365,7 +365,7 @@ def save_last(args, model, scorer, opt, tok, rank0, state):
     weights, opt_state = runtime.gather_state(scorer, opt, args.fsdp, with_optimizer=True)
     if rank0:
         checkpoints.save_checkpoint(os.path.join(args.out, "last"), model, tok, dict(optimizer=opt_state) | state,
-                             weights=weights, keep_previous=True, run_id=state["run_id"])
+                                    weights=weights, keep_previous=True, run_id=state["run_id"])
 
 
 def log_step(args, m, sample, bar, best, tracker):

@@ -237,9 +237,9 @@ def test_slips_world_is_shipped_and_documented(seed):
         assert hashlib.sha256(f.read()).hexdigest() == SLIPS_SHA256[seed], "re-measure docs/learning.md if meant"
     model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     rows = toy.make_rows(200, seed, split="val")
-    answers = [a[0] for a in toy._answers(model, tok, rows)]           # one greedy decode for both checks
-    acc = sum(a == toy.gold(r) for a, r in zip(answers, rows)) / len(rows)   # = toy.greedy_accuracy
-    boxed = [a or "" for a in answers]
+    answers = toy._answers(model, tok, rows)                           # one greedy decode for both checks
+    acc = toy.accuracy(answers, rows)                                  # = toy.greedy_accuracy
+    boxed = [a[0] or "" for a in answers]
     assert sum(any(o in b for o in toy.UNIT_OBJECTS) for b in boxed) > len(rows) / 2     # the slip RL fixes
     assert re.search(rf"^\| toy-slips \| {seed} \| {100 * acc:.1f}% \|", WORLDS_DOC, re.M), \
         f"docs/toy_worlds.md should say {acc:.1%}"

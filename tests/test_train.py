@@ -19,7 +19,7 @@ import runs
 import runtime
 import toy
 import train
-from conftest import TORCHRUN, crash_report, killed_by_signal, launch, run_script
+from conftest import TORCHRUN, crash_report, killed_by_signal, launch, make_model, make_tokenizer, run_script
 
 TINY = ["--recipe", "tiny", "--prompts_per_step", "2", "--samples", "2", "--max_cot_tokens", "16",
         "--val_cot_tokens", "16", "--val_size", "8", "--val_every", "2", "--micro_batch", "2"]
@@ -85,15 +85,20 @@ def two_processes(tmp_path_factory):
     return {s: torch.load(out / f"{s}.pt") for s in settings}
 
 
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The one-process reference updates, tied and untied E, computed in this process."""
+    return {tied: ddp_step.update(str(tmp_path_factory.mktemp("one")), tied=tied, fsdp=False) for tied in (True, False)}
+
+
 @pytest.mark.parametrize("setting", ["ddp-tied", "fsdp-tied", "fsdp-untied"])
-def test_one_process_update_equals_two_processes(tmp_path, two_processes, setting):
+def test_one_process_update_equals_two_processes(one_process, two_processes, setting):
     """The DDP- or FSDP-averaged update on 2 ranks equals the one-process update on the same global batch (and under
     FSDP the ranks' rollouts of different lengths do not hang: ddp_step.py)."""
     tied = setting.endswith("-tied")
-    a = ddp_step.update(str(tmp_path / "one"), tied=tied, fsdp=False)   # the reference, in this process
-    b = two_processes[setting]
+    a, b = one_process[tied], two_processes[setting]
     assert a["_norm"] > 0 and a["_drifted"] == 0 and b["_drifted"] == 0
-    init = __import__("conftest").make_model("llama", __import__("conftest").make_tokenizer(), tied=tied)
+    init = make_model("llama", make_tokenizer(), tied=tied)
     moved = 0
     for k, v in init.state_dict().items():
         torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5)
